@@ -1,0 +1,5 @@
+"""The gpt_ads model: schema-driven embeddings -> causal decoder -> per-feature heads."""
+
+from gpt_ads.model.model import Model, ModelConfig
+
+__all__ = ["Model", "ModelConfig"]

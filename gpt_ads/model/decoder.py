@@ -1,0 +1,45 @@
+"""Decoder: a stack of DecoderBlocks under `nn.scan` (one compiled block, flat compile time) with remat."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from gpt_ads.model import axes
+from gpt_ads.model.attention import attention_mask
+from gpt_ads.model.block import DecoderBlock
+from gpt_ads.model.layers import RMSNorm
+
+# Remat policies selectable by name in `config.model.remat`.
+REMAT_POLICIES = {
+    "none": None,  # no rematerialization: keep every activation
+    "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole block in the backward pass
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs only
+}
+
+
+class Decoder(nn.Module):
+  """[b, t, d] embeddings + [b, t] segment ids -> [b, t, d] final (normed) hidden states.
+
+  Attributes:
+    cfg: the ModelConfig.
+    deterministic: no dropout.
+  """
+  cfg: "ModelConfig"  # noqa: F821
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array, segment_ids: jax.Array) -> jax.Array:
+    cfg = self.cfg
+    mask = attention_mask(segment_ids)  # [b, 1, t, s]
+    block = DecoderBlock
+    if cfg.remat != "none":
+      block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:
+      stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                      in_axes=(nn.broadcast,), length=cfg.num_layers,
+                      metadata_params={nn.PARTITION_NAME: axes.P_LAYERS})
+      x, _ = stack(cfg, self.deterministic, name="layers")(x, mask)
+    else:
+      for i in range(cfg.num_layers):
+        x, _ = block(cfg, self.deterministic, name=f"layer_{i}")(x, mask)
+    return RMSNorm(dtype=jnp.dtype(cfg.dtype), name="final_norm")(x)
