@@ -1,0 +1,74 @@
+"""Per-example losses. Keyword-only, they return per-position values [b, t]; reduction is the caller's.
+
+Einsum letters: b batch, t time, e embedding width, v vocabulary, n negatives, c vocabulary chunk.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from gpt_ads.model.heads import NEG_INF, valid_ids
+
+
+def softmax_xent(*, logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Exact cross-entropy. logits [b, t, v] (invalid ids already at NEG_INF), labels [b, t] -> nll [b, t]."""
+  logits = logits.astype(jnp.float32)
+  label_logit = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+  return jax.nn.logsumexp(logits, axis=-1) - label_logit
+
+
+def sampled_softmax(*, query: jax.Array, labels: jax.Array, table: jax.Array, bias: jax.Array,
+                    neg_ids: jax.Array, neg_log_q: jax.Array, pos_log_q: jax.Array) -> jax.Array:
+  """Sampled softmax with shared negatives, logQ correction and accidental-hit masking.
+
+  Every logit s(id) = query . table[id] + bias[id] is corrected by subtracting log Q(id), the log expected
+  number of times `id` is drawn; a negative equal to the label ("accidental hit") is dropped. With every valid
+  id drawn once as a negative and log Q = 0 this is the exact softmax.
+
+  Args:
+    query: [b, t, e]; labels: [b, t]; table: [v, e]; bias: [v].
+    neg_ids: [n] negatives shared by the batch; neg_log_q: [n] their log Q; pos_log_q: [b, t] log Q of labels.
+  Returns:
+    nll [b, t].
+  """
+  query = query.astype(jnp.float32)
+  pos = jnp.einsum("bte,bte->bt", query, jnp.take(table, labels, axis=0).astype(jnp.float32))
+  pos = pos + jnp.take(bias, labels) - pos_log_q  # [b, t]
+  neg = jnp.einsum("bte,ne->btn", query, jnp.take(table, neg_ids, axis=0).astype(jnp.float32))
+  neg = neg + jnp.take(bias, neg_ids)[None, None] - neg_log_q[None, None]  # [b, t, n]
+  neg = jnp.where(neg_ids[None, None, :] == labels[..., None], NEG_INF, neg)
+  logits = jnp.concatenate([pos[..., None], neg], axis=-1)  # [b, t, 1 + n]
+  return jax.nn.logsumexp(logits, axis=-1) - pos
+
+
+def full_softmax_nll_chunked(*, query: jax.Array, labels: jax.Array, table: jax.Array, bias: jax.Array,
+                             vocab_size: int, chunk: int) -> jax.Array:
+  """EXACT full-vocabulary NLL of a sampled feature, in vocabulary chunks (memory O(b t c), not O(b t v)).
+
+  Args:
+    query: [b, t, e]; labels: [b, t]; table: [v, e] (v a multiple of `chunk` or padded here); bias: [v].
+    vocab_size: the feature's true vocabulary (ids >= it, and PAD, are excluded from the normalizer).
+    chunk: ids scored at a time.
+  Returns:
+    nll [b, t].
+  """
+  query = query.astype(jnp.float32)
+  v = table.shape[0]
+  num_chunks = -(-v // chunk)
+  pad = num_chunks * chunk - v
+  valid = jnp.pad(valid_ids(vocab_size, v), (0, pad))
+  table = jnp.pad(table, ((0, pad), (0, 0))).reshape(num_chunks, chunk, -1)  # [k, c, e]
+  bias = jnp.where(valid, jnp.pad(bias, (0, pad)), NEG_INF).reshape(num_chunks, chunk)  # [k, c]
+
+  def body(carry, xs):
+    m, s = carry  # running max and sum of exp(logit - max), [b, t]
+    tab, b = xs
+    logits = jnp.einsum("bte,ce->btc", query, tab.astype(jnp.float32)) + b  # [b, t, c]
+    m_new = jnp.maximum(m, logits.max(-1))
+    s = s * jnp.exp(m - m_new) + jnp.exp(logits - m_new[..., None]).sum(-1)
+    return (m_new, s), None
+
+  init = (jnp.full(labels.shape, -jnp.inf, jnp.float32), jnp.zeros(labels.shape, jnp.float32))
+  (m, s), _ = jax.lax.scan(body, init, (table, bias))
+  pos = jnp.einsum("bte,bte->bt", query, jnp.take(table.reshape(-1, table.shape[-1]), labels, axis=0))
+  pos = pos + jnp.take(bias.reshape(-1), labels)
+  return m + jnp.log(s) - pos

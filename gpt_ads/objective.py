@@ -1,0 +1,70 @@
+"""The pre-training objective over the schema: sum over features of the NLL of the next event's value.
+
+Position t predicts event t + 1 of the same user. A position is a target only when event t + 1 exists and
+belongs to the same segment (user) as event t — so no user's first event is predicted, and nothing is predicted
+across users in a packed row nor into padding. Each feature's NLL is averaged over its targets; the total is
+the (weighted, for training) sum over features: nats per predicted event.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from gpt_ads import features as features_lib
+from gpt_ads import losses, negatives
+from gpt_ads.model.heads import output_table
+
+
+def targets(batch: dict[str, jax.Array], schema: features_lib.Schema):
+  """-> (labels {name: [b, t-1]}, mask {name: [b, t-1] bool}) aligned with outputs[:, :-1]."""
+  seg = batch["segment_ids"]
+  next_is_same_user = (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0)  # [b, t-1]
+  labels = {f.name: batch[f.name][:, 1:] for f in schema}
+  mask = {f.name: next_is_same_user & (labels[f.name] != features_lib.PAD_ID) for f in schema}
+  return labels, mask
+
+
+def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+  m = mask.astype(jnp.float32)
+  return jnp.sum(x * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+
+def training_loss(params, outputs: dict[str, jax.Array], batch: dict[str, jax.Array], rng: jax.Array, *,
+                  schema: features_lib.Schema, unigram_log_q: dict[str, jax.Array]):
+  """-> (weighted total loss, {name: mean nll}). Sampled features use shared negatives drawn from `rng`."""
+  labels, mask = targets(batch, schema)
+  per_feature = {}
+  for i, f in enumerate(schema):
+    out = outputs[f.name][:, :-1]
+    if f.sampled:
+      table, bias = output_table(params, f)
+      neg = negatives.sample(jax.random.fold_in(rng, i), f, labels[f.name], mask[f.name],
+                             unigram_log_q.get(f.name))
+      nll = losses.sampled_softmax(query=out, labels=labels[f.name], table=table, bias=bias, neg_ids=neg.ids,
+                                   neg_log_q=neg.log_q, pos_log_q=neg.label_log_q)
+    else:
+      nll = losses.softmax_xent(logits=out, labels=labels[f.name])
+    per_feature[f.name] = _masked_mean(nll, mask[f.name])
+  total = sum(f.weight * per_feature[f.name] for f in schema)
+  return total, per_feature
+
+
+def exact_nll_sums(params, outputs: dict[str, jax.Array], batch: dict[str, jax.Array], *,
+                   schema: features_lib.Schema, chunk: int):
+  """EXACT full-vocabulary NLL for every feature: -> ({name: sum of nll}, {name: number of targets}).
+
+  Sums (not means) so that the caller can add them over batches and hosts and divide once.
+  """
+  labels, mask = targets(batch, schema)
+  sums, counts = {}, {}
+  for f in schema:
+    out = outputs[f.name][:, :-1]
+    if f.sampled:
+      table, bias = output_table(params, f)
+      nll = losses.full_softmax_nll_chunked(query=out, labels=labels[f.name], table=table, bias=bias,
+                                            vocab_size=f.vocab_size, chunk=chunk)
+    else:
+      nll = losses.softmax_xent(logits=out, labels=labels[f.name])
+    m = mask[f.name]
+    sums[f.name] = jnp.sum(jnp.where(m, nll, 0.0))
+    counts[f.name] = jnp.sum(m.astype(jnp.int32))
+  return sums, counts
