@@ -1,0 +1,64 @@
+"""Parameter counts and training FLOPs.
+
+Non-embedding parameters (the study's x-axis) are every parameter except vocabulary- and position-sized ones:
+input embedding tables, the position table, untied output tables, output biases over a vocabulary, and the
+dense logit kernels of `softmax` heads (their "unembedding"). What remains: the decoder blocks, the final norm,
+input projections and the query projections of sampled heads.
+
+Training FLOPs per input position (forward + backward = 3 x forward, a multiply-add = 2 FLOPs):
+    6 * N_nonembed                                 matmuls of the decoder and projections
+  + 6 * L * t * d                                  attention scores and mixing (t = sequence length; causal
+                                                   masking is not exploited by the kernel, so all t keys count)
+  + Σ_softmax 6 * d * V_j                          dense logits
+  + Σ_sampled 6 * e_j * (n_j + 1)                  scoring the label and n_j shared negatives
+Evaluation with the exact full softmax is not counted.
+"""
+
+import flax
+import flax.linen as nn
+import jax
+import numpy as np
+
+from gpt_ads import features as features_lib
+from gpt_ads.model.embed import padded_vocab
+from gpt_ads.model.model import dummy_batch
+
+
+def _is_embedding(path: tuple[str, ...], schema: features_lib.Schema) -> bool:
+  if path[0] == "embed":
+    return path[1] in schema.names or path[1] == "positions"
+  if path[0] == "heads":
+    spec = schema[path[1]]
+    if spec.sampled:
+      return path[2] in ("bias", "table")
+    return True  # the dense logit kernel and bias of a softmax head
+  return False
+
+
+def param_counts(params, schema: features_lib.Schema) -> dict[str, int]:
+  """{"params": total, "non_embedding_params": ...} of a (possibly abstract) params tree."""
+  flat = flax.traverse_util.flatten_dict(params)
+  total = emb = 0
+  for path, x in flat.items():
+    n = int(np.prod(x.shape))
+    total += n
+    if _is_embedding(path, schema):
+      emb += n
+  return {"params": total, "non_embedding_params": total - emb}
+
+
+def flops_per_position(model_cfg, schema: features_lib.Schema, non_embedding_params: int, seq_len: int) -> float:
+  """Training FLOPs per input position (see the module docstring)."""
+  flops = 6.0 * non_embedding_params + 6.0 * model_cfg.num_layers * seq_len * model_cfg.d_model
+  for f in schema:
+    if f.sampled:
+      flops += 6.0 * f.embed_dim * (f.num_negatives + 1)
+    else:
+      flops += 6.0 * model_cfg.d_model * padded_vocab(f.vocab_size, model_cfg.vocab_pad_multiple)
+  return flops
+
+
+def abstract_params(model) -> dict:
+  """The model's params as ShapeDtypeStructs (no memory, no compute)."""
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy_batch(model.schema, 1, model.cfg.max_len)))
+  return nn.unbox(shapes)["params"]

@@ -1,0 +1,61 @@
+"""Where numbers go: `workdir/metrics.jsonl` (one JSON object per log step), TensorBoard summaries in the
+workdir, and `workdir/eval.json`. Only process 0 writes. Files are written whole (temp file + rename) or
+appended line by line, so a reader never sees half a record.
+"""
+
+import json
+import math
+import os
+
+import jax
+
+
+def _is_writer() -> bool:
+  return jax.process_index() == 0
+
+
+class Logbook:
+  """Attributes:
+    workdir: the run directory.
+  """
+
+  def __init__(self, workdir: str, *, resume_step: int = 0):
+    self.workdir = workdir
+    self._tb = None
+    if not _is_writer():
+      return
+    path = os.path.join(workdir, "metrics.jsonl")
+    if os.path.exists(path):  # drop records past the step we resume from (they will be logged again)
+      with open(path) as f:
+        keep = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
+      with open(path + ".tmp", "w") as f:
+        f.writelines(keep)
+      os.replace(path + ".tmp", path)
+    from tensorboardX import SummaryWriter  # no TensorFlow needed
+    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def log(self, step: int, metrics: dict[str, float]) -> None:
+    """Appends one record; raises if a loss is not finite (so no NaN run goes on silently)."""
+    bad = [k for k, v in metrics.items() if "loss" in k and not math.isfinite(v)]
+    if bad:
+      raise FloatingPointError(f"step {step}: non-finite {', '.join(bad)} = "
+                               f"{[metrics[k] for k in bad]}; lower config.train.learning_rate or check the data")
+    if not _is_writer():
+      return
+    with open(os.path.join(self.workdir, "metrics.jsonl"), "a") as f:
+      f.write(json.dumps({"step": step, **metrics}) + "\n")
+    for k, v in metrics.items():
+      self._tb.add_scalar(k, v, step)
+    self._tb.flush()
+
+  def write_json(self, name: str, obj: dict) -> None:
+    if not _is_writer():
+      return
+    path = os.path.join(self.workdir, name)
+    with open(path + ".tmp", "w") as f:
+      json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()

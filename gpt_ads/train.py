@@ -1,0 +1,199 @@
+"""Training and evaluation: the pure train step, the exact evaluation step, and the loop around them.
+
+    train_step(state, batch, rng) -> (state, metrics)     jitted once, explicit shardings, state donated
+    eval_step(params, batch)      -> (nll sums, counts)   exact full-vocabulary NLL of every feature
+    train_and_evaluate(config, workdir)                    data -> state (restored or fresh) -> loop -> eval.json
+"""
+
+import functools
+import os
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from tqdm import tqdm
+
+from gpt_ads import accounting, checkpoint, config_lib, logbook, negatives, objective, optim, sharding
+from gpt_ads import train_state as train_state_lib
+from gpt_ads.data import datasets, pipeline
+from gpt_ads.model import Model, ModelConfig
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The steps (pure functions; everything static is bound with functools.partial before jit).
+# ----------------------------------------------------------------------------------------------------------
+def train_step(state: train_state_lib.TrainState, batch: dict[str, jax.Array], rng: jax.Array, *, model: Model,
+               tx: optax.GradientTransformation, lr_schedule: optax.Schedule, unigram_log_q: dict, rule_set,
+               grad_accum_steps: int = 1):
+  """One optimizer update on `batch` (optionally accumulated over `grad_accum_steps` micro-batches)."""
+  rng = jax.random.fold_in(rng, state.step)
+
+  def loss_fn(params, micro, r):
+    drop_rng, neg_rng = jax.random.split(r)
+    with nn.logical_axis_rules(rule_set):
+      outputs, _ = model.apply({"params": params}, micro, deterministic=False, rngs={"dropout": drop_rng})
+    return objective.training_loss(params, outputs, micro, neg_rng, schema=model.schema,
+                                   unigram_log_q=unigram_log_q)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if grad_accum_steps == 1:
+    (loss, per_feature), grads = grad_fn(state.params, batch, rng)
+  else:
+    # Micro-batch i takes rows i, i + k, i + 2k, ...: each shard of the batch splits locally, no resharding.
+    k = grad_accum_steps
+    micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1), batch)
+
+    def body(acc, xs):
+      i, mb = xs
+      (l, pf), g = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
+      return jax.tree.map(jnp.add, acc, (l, pf, g)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, (jnp.float32(0), {f.name: jnp.float32(0) for f in model.schema},
+                                          state.params))
+    (loss, per_feature, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(k), micro))
+    loss, per_feature, grads = jax.tree.map(lambda x: x / k, (loss, per_feature, grads))
+
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {"train/loss": loss, "train/grad_norm": optax.global_norm(grads),
+             "train/learning_rate": lr_schedule(state.step)}
+  metrics.update({f"train/{name}/loss": v for name, v in per_feature.items()})
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(params, batch: dict[str, jax.Array], *, model: Model, vocab_chunk: int, rule_set):
+  """-> ({feature: summed exact NLL}, {feature: number of predicted events}) over the batch."""
+  with nn.logical_axis_rules(rule_set):
+    outputs, _ = model.apply({"params": params}, batch, deterministic=True)
+  return objective.exact_nll_sums(params, outputs, batch, schema=model.schema, chunk=vocab_chunk)
+
+
+def evaluate(p_eval_step, params, source: pipeline.UsersSource, *, global_batch: int, data_sharding) -> dict:
+  """Exact test loss over every user of `source`: {"loss": nats per predicted event, "per_feature": {...}}."""
+  sums, counts = None, None
+  for local in pipeline.eval_batches(source, global_batch=global_batch):
+    s, c = p_eval_step(params, pipeline.to_global(local, data_sharding))
+    s, c = jax.device_get((s, c))
+    sums = s if sums is None else jax.tree.map(np.add, sums, s)
+    counts = c if counts is None else jax.tree.map(np.add, counts, c)
+  per_feature = {k: float(sums[k]) / max(int(counts[k]), 1) for k in sums}
+  return {"loss": float(sum(per_feature.values())), "per_feature": per_feature,
+          "predicted_events": int(max(counts.values()))}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The loop.
+# ----------------------------------------------------------------------------------------------------------
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains `config` in `workdir` (resuming from its latest checkpoint), then writes `workdir/eval.json`."""
+  config_lib.validate(config)
+  config_lib.check_workdir(workdir)
+
+  # Mesh, data, model.
+  mesh = sharding.make_mesh(config.mesh)
+  rule_set = sharding.rules(config)
+  config_lib.check_batch(config, sharding.data_parallel_size(mesh, rule_set))
+  data = datasets.load(config)
+  schema = data.schema
+  model = Model(schema, ModelConfig.from_config(config.model))
+  tx, lr_schedule = optim.make(config.train)
+  unigram_log_q = {f.name: jnp.asarray(negatives.unigram_log_probs(data.counts[f.name], f.vocab_size))
+                   for f in schema.sampled if f.sampler in ("unigram", "in_batch") and f.name in data.counts}
+
+  # State: restored into its shardings, or created sharded.
+  abstract, state_shardings = train_state_lib.abstract_and_shardings(model, tx, mesh, rule_set)
+  ckpt = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  with jax.set_mesh(mesh):
+    state = ckpt.restore(abstract)
+    if state is None:
+      biases = (train_state_lib.log_prior_biases(schema, data.counts, model.cfg.vocab_pad_multiple)
+                if config.train.init_output_bias == "log_prior" else {})
+      state = train_state_lib.create(jax.random.key(config.seed), model, tx, state_shardings, biases)
+  start_step = int(jax.device_get(state.step))
+  if start_step:
+    logging.info("resumed from the checkpoint at step %d", start_step)
+
+  counts = accounting.param_counts(abstract.params, schema)
+  seq_len = data.train.max_len
+  flops_per_position = accounting.flops_per_position(model.cfg, schema, counts["non_embedding_params"], seq_len)
+  logging.info("params: %s", counts)
+
+  data_sharding = sharding.batch_sharding(mesh, rule_set)
+  batch_shardings = {k: data_sharding for k in (*schema.names, "segment_ids", "positions")}
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  p_train_step = jax.jit(
+      functools.partial(train_step, model=model, tx=tx, lr_schedule=lr_schedule, unigram_log_q=unigram_log_q,
+                        rule_set=rule_set, grad_accum_steps=config.train.grad_accum_steps),
+      in_shardings=(state_shardings, batch_shardings, replicated), out_shardings=(state_shardings, replicated),
+      donate_argnums=0)
+  p_eval_step = jax.jit(functools.partial(eval_step, model=model, vocab_chunk=config.eval.vocab_chunk,
+                                          rule_set=rule_set),
+                        in_shardings=(state_shardings.params, batch_shardings))
+  train_ds = pipeline.train_dataset(data.train, global_batch=config.train.batch_size, seed=config.data.seed)
+  book = logbook.Logbook(workdir, resume_step=start_step)
+  rng = jax.random.key(config.seed + 1)
+
+  num_steps = config.train.num_steps
+  events, train_seconds, t_last, events_last = 0, 0.0, None, 0
+  bar = tqdm(total=num_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
+             disable=jax.process_index() != 0)
+  with jax.set_mesh(mesh):
+    for step in range(start_step, num_steps):
+      local = train_ds[step]
+      state, metrics = p_train_step(state, pipeline.to_global(local, data_sharding), rng)
+      n_events = pipeline.num_events(local) * jax.process_count()
+      if t_last is None:  # the first step compiles: time from its end
+        jax.block_until_ready(state.step)
+        t_last, events_last = time.perf_counter(), 0
+      else:
+        events_last += n_events
+      done = step + 1
+      bar.update(1)
+      if done % config.train.log_every == 0 or done == num_steps:
+        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        now = time.perf_counter()
+        if events_last:
+          m["train/events_per_sec"] = events_last / max(now - t_last, 1e-9)
+          events, train_seconds = events + events_last, train_seconds + (now - t_last)
+        t_last, events_last = now, 0
+        if config.train.eval_every and (done % config.train.eval_every == 0 or done == num_steps):
+          val = evaluate(p_eval_step, state.params, data.val, global_batch=config.eval.batch_size,
+                         data_sharding=data_sharding)
+          m["eval/loss"] = val["loss"]
+          m.update({f"eval/{k}/loss": v for k, v in val["per_feature"].items()})
+          t_last = time.perf_counter()  # evaluation is not training time
+        book.log(done, m)
+        bar.set_postfix(loss=f"{m['train/loss']:.3f}", ev_s=f"{m.get('train/events_per_sec', 0):.0f}")
+      if done % config.train.checkpoint_every == 0 and done != num_steps:
+        ckpt.save(done, state)
+    bar.close()
+    if num_steps > start_step:
+      ckpt.save(num_steps, state, force=True)
+
+    test = evaluate(p_eval_step, state.params, data.test, global_batch=config.eval.batch_size,
+                    data_sharding=data_sharding)
+  ckpt.close()
+
+  result = {
+      "step": num_steps,
+      "test_loss": test["loss"],
+      "test_loss_per_feature": test["per_feature"],
+      "test_predicted_events": test["predicted_events"],
+      **counts,
+      "flops_per_position": flops_per_position,
+      "train_flops": flops_per_position * config.train.batch_size * seq_len * num_steps,
+      "events_per_sec": events / train_seconds if train_seconds else None,
+  }
+  if data.references is not None:
+    ref = data.references
+    result.update({k: ref[k] for k in ("bayes_factorized_loss", "bayes_joint_loss", "unigram_loss",
+                                       "bayes_factorized_loss_per_feature", "unigram_loss_per_feature")})
+    result["gap_closed"] = (ref["unigram_loss"] - test["loss"]) / (ref["unigram_loss"] -
+                                                                    ref["bayes_factorized_loss"])
+  book.write_json("eval.json", result)
+  book.close()
+  return result
