@@ -5,26 +5,29 @@ import tempfile
 
 import ml_collections
 
-# Named model sizes. Non-embedding parameters ≈ 12 L d² (plus norms / biases / head projections): see
-# `tests/config_test.py`, which prints the exact counts. nano..large run on a CPU; xl / xxl are the study's
+from gpt_ads import features
+from gpt_ads.model.config import ModelConfig
+
+# Named model sizes, with their non-embedding parameters (≈ 12 L d², plus norms, biases and head projections)
+# on the default schema; `tests/config_test.py` checks the range. nano..large run on a CPU; xl / xxl are the study's
 # 85M / 201M classes, for accelerators.
 MODEL_SIZES = {
-    "nano": dict(d_model=24, num_layers=2, num_heads=2, mlp_dim=96),  # ~15K
-    "micro": dict(d_model=48, num_layers=2, num_heads=4, mlp_dim=192),  # ~60K
-    "tiny": dict(d_model=64, num_layers=4, num_heads=4, mlp_dim=256),  # ~200K
-    "small": dict(d_model=128, num_layers=4, num_heads=4, mlp_dim=512),  # ~0.8M
-    "medium": dict(d_model=256, num_layers=4, num_heads=8, mlp_dim=1024),  # ~3.2M
-    "large": dict(d_model=384, num_layers=6, num_heads=8, mlp_dim=1536),  # ~10.7M
-    "xl": dict(d_model=768, num_layers=12, num_heads=12, mlp_dim=3072),  # ~85M
-    "xxl": dict(d_model=1024, num_layers=16, num_heads=16, mlp_dim=4096),  # ~201M
+    "nano": dict(d_model=24, num_layers=2, num_heads=2, mlp_dim=96),  # 14,760
+    "micro": dict(d_model=48, num_layers=2, num_heads=4, mlp_dim=192),  # 58,320
+    "tiny": dict(d_model=64, num_layers=4, num_heads=4, mlp_dim=256),  # 202,560
+    "small": dict(d_model=128, num_layers=2, num_heads=4, mlp_dim=512),  # 411,520
+    "medium": dict(d_model=256, num_layers=4, num_heads=8, mlp_dim=1024),  # 3,218,688
+    "large": dict(d_model=384, num_layers=6, num_heads=8, mlp_dim=1536),  # 10,780,800
+    "xl": dict(d_model=768, num_layers=12, num_heads=12, mlp_dim=3072),  # 85,589,760
+    "xxl": dict(d_model=1024, num_layers=16, num_heads=16, mlp_dim=4096),  # 202,490,880
 }
 
 # Run recipes (steps, batch, learning rate, data size). "demo": the README's ≤ 10-minute CPU run;
 # "long": the ≤ 60-minute CPU run that closes ≥ 97% of the gap to the Bayes bound.
 RUNS = {
-    "demo": dict(size="small", num_steps=1500, batch_size=64, learning_rate=2e-3, warmup_steps=100,
+    "demo": dict(size="small", num_steps=1000, batch_size=64, learning_rate=2e-3, warmup_steps=100,
                  num_train_users=100_000),
-    "long": dict(size="small", num_steps=12_000, batch_size=64, learning_rate=2e-3, warmup_steps=300,
+    "long": dict(size="small", num_steps=7000, batch_size=64, learning_rate=2e-3, warmup_steps=300,
                  num_train_users=400_000),
 }
 
@@ -79,6 +82,8 @@ def validate(config) -> None:
     raise ValueError(f"config.model.max_len={config.model.max_len} must be >= 2 (one event predicts the next)")
   if config.eval.vocab_chunk < 1:
     raise ValueError("config.eval.vocab_chunk must be >= 1")
+  ModelConfig.from_config(config.model)  # raises on a bad model setting
+  features.Schema.from_config(config.schema.features)  # raises on a bad feature
 
 
 def check_batch(config, data_parallel: int) -> None:

@@ -6,7 +6,6 @@
 """
 
 import functools
-import os
 import time
 
 import flax.linen as nn
@@ -63,6 +62,17 @@ def train_step(state: train_state_lib.TrainState, batch: dict[str, jax.Array], r
              "train/learning_rate": lr_schedule(state.step)}
   metrics.update({f"train/{name}/loss": v for name, v in per_feature.items()})
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def jit_train_step(*, model: Model, tx, lr_schedule, unigram_log_q: dict, rule_set, grad_accum_steps: int,
+                   state_shardings, data_sharding: jax.sharding.NamedSharding):
+  """`train_step` jitted once with explicit in/out shardings, donating the state."""
+  batch_shardings = {k: data_sharding for k in (*model.schema.names, "segment_ids", "positions")}
+  replicated = jax.sharding.NamedSharding(data_sharding.mesh, jax.sharding.PartitionSpec())
+  step = functools.partial(train_step, model=model, tx=tx, lr_schedule=lr_schedule, unigram_log_q=unigram_log_q,
+                           rule_set=rule_set, grad_accum_steps=grad_accum_steps)
+  return jax.jit(step, in_shardings=(state_shardings, batch_shardings, replicated),
+                 out_shardings=(state_shardings, replicated), donate_argnums=0)
 
 
 def eval_step(params, batch: dict[str, jax.Array], *, model: Model, vocab_chunk: int, rule_set):
@@ -123,16 +133,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   logging.info("params: %s", counts)
 
   data_sharding = sharding.batch_sharding(mesh, rule_set)
-  batch_shardings = {k: data_sharding for k in (*schema.names, "segment_ids", "positions")}
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  p_train_step = jax.jit(
-      functools.partial(train_step, model=model, tx=tx, lr_schedule=lr_schedule, unigram_log_q=unigram_log_q,
-                        rule_set=rule_set, grad_accum_steps=config.train.grad_accum_steps),
-      in_shardings=(state_shardings, batch_shardings, replicated), out_shardings=(state_shardings, replicated),
-      donate_argnums=0)
+  p_train_step = jit_train_step(model=model, tx=tx, lr_schedule=lr_schedule, unigram_log_q=unigram_log_q,
+                                rule_set=rule_set, grad_accum_steps=config.train.grad_accum_steps,
+                                state_shardings=state_shardings, data_sharding=data_sharding)
   p_eval_step = jax.jit(functools.partial(eval_step, model=model, vocab_chunk=config.eval.vocab_chunk,
                                           rule_set=rule_set),
-                        in_shardings=(state_shardings.params, batch_shardings))
+                        in_shardings=(state_shardings.params, data_sharding))
   train_ds = pipeline.train_dataset(data.train, global_batch=config.train.batch_size, seed=config.data.seed)
   book = logbook.Logbook(workdir, resume_step=start_step)
   rng = jax.random.key(config.seed + 1)

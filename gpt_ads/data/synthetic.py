@@ -44,15 +44,15 @@ def default_config() -> ml_collections.ConfigDict:
   c.bot_fraction = 0.1
   c.num_event_types = 6
   c.num_ads = 10_000
-  c.num_ad_categories = 50
+  c.num_ad_categories = 20
   c.num_devices = 4
   c.num_gap_buckets = 8
-  c.zipf_exponent = 1.0
+  c.zipf_exponent = 1.2
   c.event_concentration = 0.3          # Dirichlet of the event-type transition rows (small = peaked)
   c.category_concentration = 0.1       # Dirichlet of a human segment's category preference
   c.bot_category_concentration = 0.02  # bots: ad fraud concentrates on very few categories
-  c.repeat_low = 0.1                   # retargeting repeat probability r_s[e] ~ U(repeat_low, repeat_high)
-  c.repeat_high = 0.7
+  c.repeat_low = 0.2                   # retargeting repeat probability r_s[e] ~ U(repeat_low, repeat_high)
+  c.repeat_high = 0.8
   c.bot_repeat_boost = 0.2             # added to the bots' r_s[e], clipped to 0.95
   c.device_concentration = 0.5
   c.device_stickiness = 0.85

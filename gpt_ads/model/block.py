@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from gpt_ads.model import axes
+from gpt_ads.model.config import ModelConfig
 from gpt_ads.model.attention import CausalAttention
 from gpt_ads.model.layers import Dense, RMSNorm
 
@@ -40,7 +41,7 @@ class DecoderBlock(nn.Module):
     cfg: the ModelConfig.
     deterministic: no dropout (an attribute, not an argument, so scan and remat see no Python bool).
   """
-  cfg: "ModelConfig"  # noqa: F821
+  cfg: ModelConfig
   deterministic: bool = True
 
   @nn.compact

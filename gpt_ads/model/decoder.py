@@ -7,15 +7,8 @@ import jax.numpy as jnp
 from gpt_ads.model import axes
 from gpt_ads.model.attention import attention_mask
 from gpt_ads.model.block import DecoderBlock
+from gpt_ads.model.config import REMAT_POLICIES, ModelConfig
 from gpt_ads.model.layers import RMSNorm
-
-# Remat policies selectable by name in `config.model.remat`.
-REMAT_POLICIES = {
-    "none": None,  # no rematerialization: keep every activation
-    "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole block in the backward pass
-    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs only
-}
-
 
 class Decoder(nn.Module):
   """[b, t, d] embeddings + [b, t] segment ids -> [b, t, d] final (normed) hidden states.
@@ -24,7 +17,7 @@ class Decoder(nn.Module):
     cfg: the ModelConfig.
     deterministic: no dropout.
   """
-  cfg: "ModelConfig"  # noqa: F821
+  cfg: ModelConfig
   deterministic: bool = True
 
   @nn.compact

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from gpt_ads import features as features_lib
 from gpt_ads.model import axes
+from gpt_ads.model.config import ModelConfig
 from gpt_ads.model.layers import Dense
 
 EMBED_INIT = nn.initializers.normal(stddev=0.02)
@@ -30,7 +31,7 @@ class FeatureEmbed(nn.Module):
     cfg: the ModelConfig.
   """
   schema: features_lib.Schema
-  cfg: "ModelConfig"  # noqa: F821  (gpt_ads.model.model.ModelConfig)
+  cfg: ModelConfig
 
   @nn.compact
   def __call__(self, batch: dict[str, jax.Array]) -> jax.Array:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from gpt_ads import features as features_lib
 from gpt_ads.model import axes
+from gpt_ads.model.config import ModelConfig
 from gpt_ads.model.embed import EMBED_INIT, padded_vocab
 from gpt_ads.model.layers import Dense
 
@@ -34,7 +35,7 @@ class SampledHead(nn.Module):
     spec: the feature; cfg: the ModelConfig.
   """
   spec: features_lib.FeatureSpec
-  cfg: "ModelConfig"  # noqa: F821
+  cfg: ModelConfig
 
   @nn.compact
   def __call__(self, h: jax.Array) -> jax.Array:
@@ -56,7 +57,7 @@ class FeatureHeads(nn.Module):
     schema: the features; cfg: the ModelConfig.
   """
   schema: features_lib.Schema
-  cfg: "ModelConfig"  # noqa: F821
+  cfg: ModelConfig
 
   @nn.compact
   def __call__(self, h: jax.Array) -> dict[str, jax.Array]:

@@ -8,59 +8,15 @@ at position t scores the feature's value of the NEXT event (t + 1) of the same u
 user representation after event t.
 """
 
-import dataclasses
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from gpt_ads import features as features_lib
-from gpt_ads.model.decoder import REMAT_POLICIES, Decoder
+from gpt_ads.model.config import ModelConfig
+from gpt_ads.model.decoder import Decoder
 from gpt_ads.model.embed import FeatureEmbed
 from gpt_ads.model.heads import FeatureHeads
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-  """Static model hyper-parameters (hashable), built from `config.model`.
-
-  Attributes:
-    d_model, num_layers, num_heads, mlp_dim: transformer sizes.
-    max_len: rows of the position table (the longest user window).
-    dropout: rate on embeddings, attention and MLP outputs.
-    dtype: compute dtype, "float32" or "bfloat16" (params and accumulation stay f32).
-    combine: "sum" or "concat" (then project) of the per-feature input embeddings.
-    remat: one of REMAT_POLICIES.
-    scan_layers: scan the blocks (flat compile time) or unroll them.
-    vocab_pad_multiple: vocabulary tables are padded to a multiple of this.
-  """
-  d_model: int = 128
-  num_layers: int = 4
-  num_heads: int = 4
-  mlp_dim: int = 512
-  max_len: int = 64
-  dropout: float = 0.0
-  dtype: str = "float32"
-  combine: str = "sum"
-  remat: str = "none"
-  scan_layers: bool = True
-  vocab_pad_multiple: int = 128
-
-  def __post_init__(self):
-    if self.d_model % self.num_heads:
-      raise ValueError(f"config.model.d_model={self.d_model} must be divisible by num_heads={self.num_heads}")
-    if self.combine not in ("sum", "concat"):
-      raise ValueError(f"config.model.combine={self.combine!r} must be 'sum' or 'concat'")
-    if self.remat not in REMAT_POLICIES:
-      raise ValueError(f"config.model.remat={self.remat!r} must be one of {sorted(REMAT_POLICIES)}")
-    if self.dtype not in ("float32", "bfloat16"):
-      raise ValueError(f"config.model.dtype={self.dtype!r} must be 'float32' or 'bfloat16'")
-
-  @classmethod
-  def from_config(cls, model_cfg) -> "ModelConfig":
-    fields = {f.name for f in dataclasses.fields(cls)}
-    d = {k: v for k, v in model_cfg.items() if k in fields}
-    return cls(**d)
 
 
 class Model(nn.Module):

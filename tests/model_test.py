@@ -1,0 +1,109 @@
+"""Model shapes, causality, segment isolation (packing), remat / dtype / combine variants."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from gpt_ads import features
+from gpt_ads.model import Model, ModelConfig
+from gpt_ads.model.embed import padded_vocab
+from gpt_ads.model.model import dummy_batch
+
+
+def _model(**model_overrides):
+  c = tiny_config(**{f"model.{k}": v for k, v in model_overrides.items()})
+  schema = features.Schema.from_config(c.schema.features)
+  return Model(schema, ModelConfig.from_config(c.model))
+
+
+def _random_batch(schema, b, t, seed=0):
+  rng = np.random.default_rng(seed)
+  batch = {f.name: rng.integers(2, f.vocab_size, (b, t)).astype(np.int32) for f in schema}
+  batch["segment_ids"] = np.ones((b, t), np.int32)
+  batch["positions"] = np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy()
+  return batch
+
+
+@pytest.fixture(scope="module")
+def model_and_params():
+  model = _model()
+  params = model.init(jax.random.key(0), dummy_batch(model.schema, 1, model.cfg.max_len))["params"]
+  return model, jax.tree.map(lambda x: getattr(x, "value", x), params, is_leaf=lambda x: hasattr(x, "value"))
+
+
+def test_output_shapes(model_and_params):
+  model, params = model_and_params
+  batch = _random_batch(model.schema, 3, 16)
+  outputs, hidden = model.apply({"params": params}, batch)
+  assert hidden.shape == (3, 16, model.cfg.d_model)
+  for f in model.schema:
+    if f.sampled:
+      assert outputs[f.name].shape == (3, 16, f.embed_dim)
+    else:
+      assert outputs[f.name].shape == (3, 16, padded_vocab(f.vocab_size, model.cfg.vocab_pad_multiple))
+      probs = jax.nn.softmax(outputs[f.name], axis=-1)
+      assert float(probs[..., features.PAD_ID].max()) == 0.0  # PAD is never predicted
+      assert float(probs[..., f.vocab_size:].max()) == 0.0  # nor table padding
+
+
+def test_causal(model_and_params):
+  model, params = model_and_params
+  batch = _random_batch(model.schema, 2, 16)
+  changed = {k: v.copy() for k, v in batch.items()}
+  changed["ad_id"][:, 10:] = 5
+  a, _ = model.apply({"params": params}, batch)
+  b, _ = model.apply({"params": params}, changed)
+  for name in a:
+    np.testing.assert_allclose(a[name][:, :10], b[name][:, :10], atol=1e-6)
+    assert not np.allclose(a[name][:, 10:], b[name][:, 10:])
+
+
+def test_packed_users_do_not_see_each_other(model_and_params):
+  """Two users packed in one row give exactly the outputs each gets alone."""
+  model, params = model_and_params
+  u1, u2 = _random_batch(model.schema, 1, 6, seed=1), _random_batch(model.schema, 1, 7, seed=2)
+  packed = {k: np.concatenate([u1[k], u2[k]], axis=1) for k in u1}
+  packed["segment_ids"] = np.array([[1] * 6 + [2] * 7], np.int32)
+  out_p, _ = model.apply({"params": params}, packed)
+  out_1, _ = model.apply({"params": params}, u1)
+  out_2, _ = model.apply({"params": params}, u2)
+  for name in out_p:
+    np.testing.assert_allclose(out_p[name][:, :6], out_1[name], atol=1e-5)
+    np.testing.assert_allclose(out_p[name][:, 6:], out_2[name], atol=1e-5)
+
+
+@pytest.mark.parametrize("remat", ["full", "save_dots"])
+def test_remat_does_not_change_outputs_or_grads(model_and_params, remat):
+  model, params = model_and_params
+  other = Model(model.schema, ModelConfig(**{**model.cfg.__dict__, "remat": remat}))
+  batch = _random_batch(model.schema, 2, 16)
+
+  def loss(m, p):
+    out, h = m.apply({"params": p}, batch)
+    return jnp.sum(h ** 2) + sum(jnp.sum(jnp.where(o > -1e8, o, 0.0)) for o in out.values())
+
+  np.testing.assert_allclose(loss(model, params), loss(other, params), rtol=1e-5)
+  g1, g2 = jax.grad(lambda p: loss(model, p))(params), jax.grad(lambda p: loss(other, p))(params)
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("overrides", [dict(dtype="bfloat16"), dict(combine="concat"), dict(scan_layers=False),
+                                       dict(dropout=0.1)])
+def test_variants_run(overrides):
+  model = _model(**overrides)
+  params = model.init(jax.random.key(0), dummy_batch(model.schema, 1, model.cfg.max_len))["params"]
+  out, hidden = model.apply(params if "params" in params else {"params": params},
+                            _random_batch(model.schema, 2, 16), deterministic=False,
+                            rngs={"dropout": jax.random.key(1)})
+  assert hidden.dtype == jnp.float32 and bool(jnp.isfinite(hidden).all())
+  assert all(bool(jnp.isfinite(jnp.where(o > -1e8, o, 0)).all()) for o in out.values())
+
+
+def test_bad_model_config_is_rejected():
+  with pytest.raises(ValueError, match="divisible by num_heads"):
+    ModelConfig(d_model=30, num_heads=4)
+  with pytest.raises(ValueError, match="remat"):
+    ModelConfig(remat="sometimes")
