@@ -4,9 +4,17 @@ import os
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
+import tempfile  # noqa: E402
+
+import jax  # noqa: E402
 import pytest  # noqa: E402
 
 from configs import default as default_config  # noqa: E402
+
+# Identical programs compiled by different tests (each run builds its own jit) are compiled once.
+jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="gpt_ads_test_xla_cache_"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def tiny_config(**overrides):
