@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import optax
 
+from gpt_ads import sharding
 from gpt_ads.model.embed import padded_vocab
 from gpt_ads.model.model import dummy_batch
 
@@ -26,15 +27,19 @@ class TrainState:
   opt_state: Any
 
 
+def _init_params(rng: jax.Array, model):
+  """Params still wrapped in flax LogicallyPartitioned boxes (they carry the logical axis names)."""
+  return model.init({"params": rng}, dummy_batch(model.schema, 1, model.cfg.max_len))["params"]
+
+
 def _init_boxed(rng: jax.Array, *, model, tx: optax.GradientTransformation) -> TrainState:
-  """TrainState whose params and optimizer moments are still flax LogicallyPartitioned boxes."""
-  params = model.init({"params": rng}, dummy_batch(model.schema, 1, model.cfg.max_len))["params"]
+  """TrainState whose params and optimizer moments are still boxed (for their logical partition specs)."""
+  params = _init_params(rng, model)
   return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params, opt_state=tx.init(params))
 
 
 def abstract_and_shardings(model, tx, mesh, rule_set) -> tuple[TrainState, TrainState]:
   """-> (abstract unboxed state [ShapeDtypeStruct leaves carrying their shardings], state shardings)."""
-  from gpt_ads import sharding  # local: sharding imports the model axes only
   boxed = jax.eval_shape(functools.partial(_init_boxed, model=model, tx=tx), jax.random.key(0))
   shardings = sharding.tree_shardings(mesh, boxed, rule_set)
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.unbox(boxed),
@@ -67,10 +72,9 @@ def create(rng: jax.Array, model, tx, shardings, output_biases: dict[str, np.nda
   """A fresh state, each array created directly with its sharding; `output_biases` replace head biases."""
 
   def init(r, biases):
-    boxed = _init_boxed(r, model=model, tx=tx)
-    params = nn.unbox(boxed.params)
+    params = nn.unbox(_init_params(r, model))
     for name, b in biases.items():
       params["heads"][name]["bias"] = b
-    return TrainState(step=boxed.step, params=params, opt_state=nn.unbox(tx.init(params)))
+    return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params, opt_state=tx.init(params))
 
   return jax.jit(init, out_shardings=shardings)(rng, output_biases or {})

@@ -1,5 +1,6 @@
 """Model shapes, causality, segment isolation (packing), remat / dtype / combine variants."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,7 +31,7 @@ def _random_batch(schema, b, t, seed=0):
 def model_and_params():
   model = _model()
   params = model.init(jax.random.key(0), dummy_batch(model.schema, 1, model.cfg.max_len))["params"]
-  return model, jax.tree.map(lambda x: getattr(x, "value", x), params, is_leaf=lambda x: hasattr(x, "value"))
+  return model, nn.unbox(params)
 
 
 def test_output_shapes(model_and_params):
@@ -95,7 +96,7 @@ def test_remat_does_not_change_outputs_or_grads(model_and_params, remat):
 def test_variants_run(overrides):
   model = _model(**overrides)
   params = model.init(jax.random.key(0), dummy_batch(model.schema, 1, model.cfg.max_len))["params"]
-  out, hidden = model.apply(params if "params" in params else {"params": params},
+  out, hidden = model.apply({"params": params},
                             _random_batch(model.schema, 2, 16), deterministic=False,
                             rngs={"dropout": jax.random.key(1)})
   assert hidden.dtype == jnp.float32 and bool(jnp.isfinite(hidden).all())
