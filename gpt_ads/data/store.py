@@ -1,0 +1,249 @@
+"""The prepared data set directory: `schema.json` + one TFDS ArrayRecord data set holding every split.
+
+    DIR/schema.json                      what the data is (read by training, evaluation and downstream tools)
+    DIR/tfds/gpt_ads_events/1.0.0/...    the records, written by `EventsBuilder` (readable with tfds.data_source)
+
+One record per user: {"user_id": str, <feature>: int32 [n] ids (NUM_RESERVED.. real values, OOV_ID unknown,
+never PAD), "labels": {<label>: float32} (only when the data set has labels)}, events in time order.
+
+schema.json (format "gpt_ads.prepared/1"):
+  features  [{name, vocab_size, loss, counts (per id, over TRAINING events), vocabulary {kind, ...}, ...}] in
+            schema order; `vocabulary` says how raw values map to ids (see gpt_ads.data.prepare);
+  labels    {name: {kind: "numeric"} | {kind: "categorical", classes: [...]}} (class i is stored as float i);
+  splits    {split: {users, events, max_events}};
+  stats     what the writer of the data set dropped or changed, with counts (free-form, documented by it);
+  source    where the data came from (free-form).
+
+`write` is atomic: everything goes to a temporary sibling directory that is renamed onto DIR at the end, so a
+failed or interrupted run never leaves a half-written data set behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import logging as py_logging
+import os
+import shutil
+import tempfile
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from gpt_ads import features as features_lib
+
+FORMAT = "gpt_ads.prepared/1"
+SCHEMA_FILE = "schema.json"
+SPLITS = ("train", "validation", "test")
+TFDS_NAME, TFDS_VERSION = "gpt_ads_events", "1.0.0"
+
+
+def _tfds():
+  import tensorflow_datasets as tfds  # heavy import: only where data sets are written or read
+  return tfds
+
+
+def _builder_class():
+  """The TFDS builder (created lazily, once: TFDS registers builder classes by name)."""
+  global _BUILDER
+  if _BUILDER is None:
+    tfds = _tfds()
+
+    class EventsBuilder(tfds.core.GeneratorBasedBuilder):
+      """User event sequences; features and labels come from the constructor (the schema)."""
+      name = TFDS_NAME
+      VERSION = tfds.core.Version(TFDS_VERSION)
+      RELEASE_NOTES = {TFDS_VERSION: "gpt_ads prepared events"}
+
+      def __init__(self, *, feature_names=(), label_names=(), split_records=None, **kwargs):
+        self._feature_names, self._label_names = tuple(feature_names), tuple(label_names)
+        self._split_records = split_records or {}
+        super().__init__(**kwargs)
+
+      def _info(self):
+        feats = {"user_id": tfds.features.Text()}
+        feats.update({n: tfds.features.Tensor(shape=(None,), dtype=np.int32) for n in self._feature_names})
+        if self._label_names:
+          feats["labels"] = tfds.features.FeaturesDict(
+              {n: tfds.features.Scalar(dtype=np.float32) for n in self._label_names})
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(feats))
+
+      def _split_generators(self, dl_manager):
+        return {split: self._generate_examples(split) for split in self._split_records}
+
+      def _generate_examples(self, split):
+        for i, record in enumerate(self._split_records[split]()):
+          yield f"{i:012d}", record
+
+    _BUILDER = EventsBuilder
+  return _BUILDER
+
+
+_BUILDER = None
+
+
+class _SplitCounter:
+  """Checks every record of one split as it streams past, counting users, events and (train) value counts."""
+
+  def __init__(self, split: str, features: list[dict], label_names: tuple[str, ...]):
+    self.split, self.features, self.label_names = split, features, label_names
+    self.users, self.events, self.max_events = 0, 0, 0
+    self.counts = {f["name"]: np.zeros(f["vocab_size"], np.int64) for f in features}
+
+  def wrap(self, records: Iterable[dict]) -> Iterator[dict]:
+    for record in records:
+      yield self.check(record)
+
+  def check(self, record: dict) -> dict:
+    where = f"split {self.split!r}, user {record.get('user_id', '?')!r}"
+    out = {"user_id": str(record["user_id"])}
+    n = None
+    for f in self.features:
+      name = f["name"]
+      if name not in record:
+        raise ValueError(f"{where}: record has no feature {name!r}")
+      ids = np.asarray(record[name])
+      if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"{where}, feature {name!r}: ids must be a 1-D integer array, got {ids.dtype}{ids.shape}")
+      n = len(ids) if n is None else n
+      if len(ids) != n or n == 0:
+        raise ValueError(f"{where}: every feature needs the same, non-zero number of events")
+      lo, hi = int(ids.min()), int(ids.max())
+      if lo < features_lib.OOV_ID or hi >= f["vocab_size"]:
+        raise ValueError(f"{where}, feature {name!r}: ids must lie in [{features_lib.OOV_ID}, {f['vocab_size']}), "
+                         f"got [{lo}, {hi}]")
+      out[name] = ids.astype(np.int32)
+      self.counts[name] += np.bincount(ids, minlength=f["vocab_size"])
+    if self.label_names:
+      labels = record.get("labels", {})
+      out["labels"] = {k: np.float32(labels.get(k, np.nan)) for k in self.label_names}
+    self.users, self.events, self.max_events = self.users + 1, self.events + n, max(self.max_events, n)
+    return out
+
+
+def write(out_dir: str, *, features: list[dict], splits: dict[str, Callable[[], Iterable[dict]]],
+          labels: dict | None = None, stats: dict | None = None, source: dict | None = None,
+          overwrite: bool = False) -> dict:
+  """Writes a prepared data set to `out_dir` atomically; returns its schema.json contents.
+
+  Args:
+    features: [{name, vocab_size, loss, vocabulary, ...}] in schema order (extra keys are kept); `counts` is
+      computed here from the train split.
+    splits: {split: () -> iterable of records} for split in SPLITS (callables: TFDS may iterate more than once).
+    labels: {name: {kind, ...}} of the per-user labels every record carries (missing values: NaN).
+    overwrite: replace an existing data set at `out_dir` (otherwise that is an error).
+  """
+  out_dir = os.path.abspath(out_dir)
+  unknown = sorted(set(splits) - set(SPLITS))
+  if unknown or "train" not in splits:
+    raise ValueError(f"splits must include 'train' and be among {SPLITS}; got {sorted(splits)}")
+  if os.path.exists(out_dir) and not overwrite:
+    raise ValueError(f"{out_dir} already exists; choose another --output or remove it first")
+  for f in features:
+    features_lib.FeatureSpec(name=f["name"], vocab_size=int(f["vocab_size"]), loss=f["loss"])  # validates
+  labels = dict(labels or {})
+  label_names = tuple(labels)
+  counters = {s: _SplitCounter(s, features, label_names) for s in splits}
+
+  parent = os.path.dirname(out_dir)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+  try:
+    builder = _builder_class()(
+        feature_names=[f["name"] for f in features], label_names=label_names,
+        split_records={s: (lambda s=s: counters[s].wrap(splits[s]())) for s in splits},
+        data_dir=os.path.join(tmp, "tfds"), file_format="array_record")
+    with _quiet_tfds():
+      builder.download_and_prepare(download_config=_tfds().download.DownloadConfig(try_download_gcs=False))
+    shutil.rmtree(os.path.join(tmp, "tfds", "downloads"), ignore_errors=True)
+    meta = {
+        "format": FORMAT,
+        "tfds_dir": os.path.relpath(builder.data_dir, tmp),
+        "features": [{**f, "counts": counters["train"].counts[f["name"]].tolist()} for f in features],
+        "labels": labels,
+        "splits": {s: {"users": c.users, "events": c.events, "max_events": c.max_events}
+                   for s, c in counters.items()},
+        "stats": stats or {},
+        "source": source or {},
+    }
+    for s, c in counters.items():
+      if c.users == 0:
+        raise ValueError(f"split {s!r} has no users; give it more input (or a larger fraction of the users)")
+    with open(os.path.join(tmp, SCHEMA_FILE), "w") as fh:
+      json.dump(meta, fh, indent=1)
+    if os.path.exists(out_dir):
+      shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return meta
+
+
+@contextlib.contextmanager
+def _quiet_tfds():
+  """TFDS logs a banner and progress bars per split at INFO; keep them out of the user's terminal."""
+  tfds = _tfds()
+  logger = py_logging.getLogger("absl")
+  level = logger.level
+  logger.setLevel(py_logging.WARNING)
+  tfds.display_progress_bar(False)
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):  # "Downloading and preparing dataset ..." banners
+      yield
+  finally:
+    logger.setLevel(level)
+
+
+@dataclasses.dataclass
+class Prepared:
+  """A prepared data set opened for reading.
+
+  Attributes:
+    path: the directory; meta: the contents of its schema.json.
+  """
+  path: str
+  meta: dict
+
+  @property
+  def feature_names(self) -> tuple[str, ...]:
+    return tuple(f["name"] for f in self.meta["features"])
+
+  @property
+  def label_names(self) -> tuple[str, ...]:
+    return tuple(self.meta.get("labels", {}))
+
+  def feature(self, name: str) -> dict:
+    for f in self.meta["features"]:
+      if f["name"] == name:
+        return f
+    raise KeyError(f"{self.path}: no feature {name!r}; it has {self.feature_names}")
+
+  def counts(self) -> dict[str, np.ndarray]:
+    """{feature: int64 [vocab_size]} value counts over training events."""
+    return {f["name"]: np.asarray(f["counts"], np.int64) for f in self.meta["features"]}
+
+  def source(self, split: str):
+    """The split as a random-access source (tfds.data_source): len(), [i] -> record dict."""
+    if split not in self.meta["splits"]:
+      raise ValueError(f"{self.path}: no split {split!r}; it has {sorted(self.meta['splits'])}")
+    builder = _tfds().builder_from_directory(os.path.join(self.path, self.meta["tfds_dir"]))
+    return builder.as_data_source(split=split)
+
+
+def open_dir(path: str) -> Prepared:
+  """Opens a prepared data set; a clear error when `path` is not one."""
+  path = os.path.abspath(path)
+  schema_file = os.path.join(path, SCHEMA_FILE)
+  if not os.path.isfile(schema_file):
+    raise ValueError(f"{path}: not a prepared data set (no {SCHEMA_FILE}); make one with gpt-ads-prepare")
+  try:
+    with open(schema_file) as fh:
+      meta = json.load(fh)
+  except (OSError, json.JSONDecodeError) as e:
+    raise ValueError(f"{schema_file}: unreadable ({e}); prepare the data set again") from None
+  if meta.get("format") != FORMAT:
+    raise ValueError(f"{schema_file}: format {meta.get('format')!r} is not {FORMAT!r}; prepare the data set again")
+  return Prepared(path=path, meta=meta)
