@@ -531,8 +531,12 @@ def _validate(o: PrepareOptions) -> None:
     raise ValueError(f"{os.path.abspath(o.output)} already exists; choose another --output or pass --overwrite")
 
 
-def prepare(options: PrepareOptions, *, log: Callable[[str], None] = lambda line: None) -> dict:
-  """Reads, cleans, splits and encodes the events; writes the data set; returns its schema.json dict."""
+def prepare(options: PrepareOptions, *, log: Callable[[str], None] = lambda line: None,
+            extra_source: dict | None = None) -> dict:
+  """Reads, cleans, splits and encodes the events; writes the data set; returns its schema.json dict.
+
+  `log` receives progress lines; `extra_source` is merged into schema.json's `source` (e.g. by data builders).
+  """
   o, start, oov = options, time_lib.time(), features_lib.OOV_ID
   _validate(o)
   stats = {"input_rows": 0, "duplicate_rows": 0, "users_dropped_too_few_events": 0,
@@ -614,7 +618,7 @@ def prepare(options: PrepareOptions, *, log: Callable[[str], None] = lambda line
                                         f"'{o.split_seed}:<user_id>' / 2**64 (see gpt_ads.data.prepare)"}
   source = {"inputs": [os.path.abspath(p) for p in o.input], "test_inputs": [os.path.abspath(p) for p in o.test_input],
             "labels": [os.path.abspath(p) for p in o.labels], "user_col": o.user_col, "time_col": o.time_col,
-            "flags": dataclasses.asdict(o)}
+            "flags": dataclasses.asdict(o), **(extra_source or {})}
   log(f"writing {os.path.abspath(o.output)} ...")
   meta = store.write(o.output, features=feats, splits={s: records(s) for s in store.SPLITS}, labels=label_specs,
                      stats=stats, source=source, overwrite=o.overwrite)
