@@ -35,11 +35,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.num_train_users = run["num_train_users"]
   c.data.num_val_users = 2_000
   c.data.num_test_users = 5_000
+  c.data.pack = True          # several users per row (segment ids); False: one user per padded row
+  c.data.packing_bins = 0     # rows packed at once; 0 = 4 x the per-process batch
+  c.data.read_threads = 2     # grain ReadOptions threads
+  c.data.num_workers = 0      # > 0: grain multiprocess prefetch workers
   c.model.max_len = c.data.synthetic.get_ref("max_len")
 
-  # Schema: one entry per feature; vocab sizes follow the generator, embedding widths follow d_model.
+  # Schema. A prepared data set (data.dir) decides names, vocab sizes and loss kinds; `defaults` gives every
+  # feature its model-side settings and `features.<name>` overrides them for the features the data has. For
+  # generated data, `features` is the whole schema (vocab sizes follow the generator).
   syn, d = c.data.synthetic, c.model.get_ref("d_model")
   c.schema = ml_collections.ConfigDict()
+  c.schema.defaults = ml_collections.ConfigDict(dict(embed_dim=d, num_negatives=1024, sampler="log_uniform",
+                                                     tied=True, weight=1.0))
   c.schema.features = ml_collections.ConfigDict()
   c.schema.features.event_type = dict(vocab_size=syn.get_ref("num_event_types") + NUM_RESERVED, embed_dim=d,
                                       loss="softmax")

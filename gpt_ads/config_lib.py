@@ -80,6 +80,13 @@ def validate(config) -> None:
     raise ValueError(f"config.train.init_output_bias={t.init_output_bias!r} must be 'log_prior' or 'zeros'")
   if config.model.max_len < 2:
     raise ValueError(f"config.model.max_len={config.model.max_len} must be >= 2 (one event predicts the next)")
+  d = config.data
+  if d.packing_bins < 0 or d.read_threads < 1 or d.num_workers < 0:
+    raise ValueError("config.data.packing_bins and num_workers must be >= 0, read_threads >= 1")
+  unknown = sorted(set(config.schema.defaults) - {"embed_dim", "num_negatives", "sampler", "tied", "weight"})
+  if unknown:
+    raise ValueError(f"config.schema.defaults has unknown keys {unknown}; allowed: embed_dim, num_negatives, "
+                     "sampler, tied, weight")
   if config.eval.vocab_chunk < 1:
     raise ValueError("config.eval.vocab_chunk must be >= 1")
   ModelConfig.from_config(config.model)  # raises on a bad model setting

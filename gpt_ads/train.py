@@ -82,10 +82,10 @@ def eval_step(params, batch: dict[str, jax.Array], *, model: Model, vocab_chunk:
   return objective.exact_nll_sums(params, outputs, batch, schema=model.schema, chunk=vocab_chunk)
 
 
-def evaluate(p_eval_step, params, source: pipeline.UsersSource, *, global_batch: int, data_sharding) -> dict:
-  """Exact test loss over every user of `source`: {"loss": nats per predicted event, "per_feature": {...}}."""
+def evaluate(p_eval_step, params, source, *, names, max_len: int, global_batch: int, data_sharding) -> dict:
+  """Exact loss over every user of `source`: {"loss": nats per predicted event, "per_feature": {...}}."""
   sums, counts = None, None
-  for local in pipeline.eval_batches(source, global_batch=global_batch):
+  for local in pipeline.eval_batches(source, names=names, max_len=max_len, global_batch=global_batch):
     s, c = p_eval_step(params, pipeline.to_global(local, data_sharding))
     s, c = jax.device_get((s, c))
     sums = s if sums is None else jax.tree.map(np.add, sums, s)
@@ -107,18 +107,24 @@ def train_and_evaluate(config, workdir: str) -> dict:
   mesh = sharding.make_mesh(config.mesh)
   rule_set = sharding.rules(config)
   config_lib.check_batch(config, sharding.data_parallel_size(mesh, rule_set))
-  data = datasets.load(config)
+  data = datasets.load(config, workdir)
   schema = data.schema
   model = Model(schema, ModelConfig.from_config(config.model))
   tx, lr_schedule = optim.make(config.train)
   unigram_log_q = {f.name: jnp.asarray(negatives.unigram_log_probs(data.counts[f.name], f.vocab_size))
                    for f in schema.sampled if f.sampler in ("unigram", "in_batch") and f.name in data.counts}
 
-  # State: restored into its shardings, or created sharded.
+  # Input: this process's endless stream of training batches (its position is saved with every checkpoint).
+  seq_len, dc = config.model.max_len, config.data
+  train_iter = iter(pipeline.train_dataset(
+      data.train, names=schema.names, max_len=seq_len, global_batch=config.train.batch_size, seed=dc.seed,
+      pack=dc.pack, packing_bins=dc.packing_bins, read_threads=dc.read_threads, num_workers=dc.num_workers))
+
+  # State (and input position): restored into its shardings, or created sharded.
   abstract, state_shardings = train_state_lib.abstract_and_shardings(model, tx, mesh, rule_set)
   ckpt = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints)
   with jax.set_mesh(mesh):
-    state = ckpt.restore(abstract)
+    state = ckpt.restore(abstract, data_iterator=train_iter)
     if state is None:
       biases = (train_state_lib.log_prior_biases(schema, data.counts, model.cfg.vocab_pad_multiple)
                 if config.train.init_output_bias == "log_prior" else {})
@@ -128,7 +134,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
     logging.info("resumed from the checkpoint at step %d", start_step)
 
   counts = accounting.param_counts(abstract.params, schema)
-  seq_len = data.train.max_len
   flops_per_position = accounting.flops_per_position(model.cfg, schema, counts["non_embedding_params"], seq_len)
   logging.info("params: %s", counts)
 
@@ -139,7 +144,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   p_eval_step = jax.jit(functools.partial(eval_step, model=model, vocab_chunk=config.eval.vocab_chunk,
                                           rule_set=rule_set),
                         in_shardings=(state_shardings.params, data_sharding))
-  train_ds = pipeline.train_dataset(data.train, global_batch=config.train.batch_size, seed=config.data.seed)
   book = logbook.Logbook(workdir, resume_step=start_step)
   rng = jax.random.key(config.seed + 1)
 
@@ -149,7 +153,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
              disable=jax.process_index() != 0)
   with jax.set_mesh(mesh):
     for step in range(start_step, num_steps):
-      local = train_ds[step]
+      local = next(train_iter)
       state, metrics = p_train_step(state, pipeline.to_global(local, data_sharding), rng)
       n_events = pipeline.num_events(local) * jax.process_count()
       if t_last is None:  # the first step compiles: time from its end
@@ -167,21 +171,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
           events, train_seconds = events + events_last, train_seconds + (now - t_last)
         t_last, events_last = now, 0
         if config.train.eval_every and (done % config.train.eval_every == 0 or done == num_steps):
-          val = evaluate(p_eval_step, state.params, data.val, global_batch=config.eval.batch_size,
-                         data_sharding=data_sharding)
+          val = evaluate(p_eval_step, state.params, data.val, names=schema.names, max_len=seq_len,
+                         global_batch=config.eval.batch_size, data_sharding=data_sharding)
           m["eval/loss"] = val["loss"]
           m.update({f"eval/{k}/loss": v for k, v in val["per_feature"].items()})
           t_last = time.perf_counter()  # evaluation is not training time
         book.log(done, m)
         bar.set_postfix(loss=f"{m['train/loss']:.3f}", ev_s=f"{m.get('train/events_per_sec', 0):.0f}")
       if done % config.train.checkpoint_every == 0 and done != num_steps:
-        ckpt.save(done, state)
+        ckpt.save(done, state, data_iterator=train_iter)
     bar.close()
     if num_steps > start_step:
-      ckpt.save(num_steps, state, force=True)
+      ckpt.save(num_steps, state, data_iterator=train_iter, force=True)
 
-    test = evaluate(p_eval_step, state.params, data.test, global_batch=config.eval.batch_size,
-                    data_sharding=data_sharding)
+    test = evaluate(p_eval_step, state.params, data.test, names=schema.names, max_len=seq_len,
+                    global_batch=config.eval.batch_size, data_sharding=data_sharding)
   ckpt.close()
 
   result = {

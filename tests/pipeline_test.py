@@ -1,68 +1,112 @@
-"""The packed training stream: whole users, every user once per epoch, deterministic random access."""
+"""The Grain pipeline: whole users packed into rows, every user once per epoch, determinism, exact resume."""
 
 import numpy as np
+import pytest
 
 from gpt_ads.data import pipeline
 
+MAX_LEN = 16
 
-def _source(n=300, max_len=16, seed=0):
-  rng = np.random.default_rng(seed)
-  lengths = rng.integers(2, max_len + 1, n)
-  ids = np.arange(n)[:, None] * 100 + np.arange(max_len)[None] + 2  # user u, event i -> 100 u + i + 2
-  feats = {"a": np.where(np.arange(max_len)[None] < lengths[:, None], ids, 0)}
-  return pipeline.UsersSource(feats, lengths)
+
+class _Source:
+  """n users; user u's event i has id 100 u + i + 2 (so every event names its user); lengths 1..40."""
+
+  def __init__(self, n=300, seed=0):
+    self.lengths = np.random.default_rng(seed).integers(1, 41, n)
+
+  def __len__(self):
+    return len(self.lengths)
+
+  def __getitem__(self, u):
+    ids = (100 * u + np.arange(self.lengths[u]) + 2).astype(np.int32)
+    return {"a": ids, "b": ids % 7 + 2, "user_id": f"u{u}".encode()}
 
 
 def _users_in(row):
-  """{user: its events} recovered from a packed row, checking positions restart per segment."""
-  out = {}
+  """[(user, its events)] recovered from a row, checking positions restart at 0 in every segment."""
+  out = []
   for seg in np.unique(row["segment_ids"][row["segment_ids"] > 0]):
     at = row["segment_ids"] == seg
     np.testing.assert_array_equal(row["positions"][at], np.arange(at.sum()))
+    np.testing.assert_array_equal(row["b"][at], row["a"][at] % 7 + 2)  # features stay aligned
     events = row["a"][at]
-    out[int((events[0] - 2) // 100)] = events
+    out.append((int((events[0] - 2) // 100), events))
+  assert np.all(row["a"][row["segment_ids"] == 0] == 0)  # padding is PAD
   return out
 
 
-def test_every_user_once_per_epoch_and_whole():
-  src = _source()
-  packed = pipeline.PackedRows(src, seed=3)
-  seen = {}
-  i = 0
+def _stream(seed=0, pack=True, src=None, batch=8):
+  return iter(pipeline.train_dataset(src or _Source(), names=("a", "b"), max_len=MAX_LEN, global_batch=batch,
+                                     seed=seed, pack=pack))
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_every_user_once_per_epoch_as_one_window(pack):
+  src = _Source()
+  it = _stream(seed=3, pack=pack, src=src)
+  seen, fills = {}, []
   while len(seen) < len(src):
-    for u, events in _users_in(packed[i]).items():
-      assert u not in seen, "a user appeared twice within the first epoch"
-      seen[u] = events
-    i += 1
-  for u, events in seen.items():
-    np.testing.assert_array_equal(events, src[u]["a"][: src.lengths[u]])
-  fill = np.mean([np.mean(packed[j]["segment_ids"] > 0) for j in range(i)])
-  assert fill > 0.8  # packing removes most padding
+    batch = next(it)
+    assert batch["a"].shape == (8, MAX_LEN) and batch["segment_ids"].dtype == np.int32
+    fills.append(np.mean(batch["segment_ids"] > 0))
+    for row in range(8):
+      for u, events in _users_in({k: v[row] for k, v in batch.items()}):
+        n = src.lengths[u]
+        if u in seen:  # only possible once the next epoch has started
+          assert len(seen) > 0.9 * len(src)
+          continue
+        # A window of at most MAX_LEN consecutive events of the user, never split across rows.
+        assert len(events) == min(n, MAX_LEN)
+        start = events[0] - 2 - 100 * u
+        np.testing.assert_array_equal(events, 100 * u + 2 + start + np.arange(len(events)))
+        seen[u] = events
+  if pack:
+    assert np.mean(fills) > 0.8  # packing removes most of the padding
+  else:
+    assert all(len(_users_in({k: v[r] for k, v in b.items()})) == 1 for b in [next(it)] for r in range(8))
 
 
-def test_stream_is_a_pure_function_of_seed_and_index():
-  a, b = pipeline.PackedRows(_source(), seed=1), pipeline.PackedRows(_source(), seed=1)
-  for i in (700, 3, 250):  # random access in any order, across epochs
-    for k in a[i]:
-      np.testing.assert_array_equal(a[i][k], b[i][k])
-  c = pipeline.PackedRows(_source(), seed=2)
-  assert not np.array_equal(a[0]["a"], c[0]["a"])
+def test_same_seed_same_batches_other_seed_other_batches():
+  a, b, c = _stream(seed=1), _stream(seed=1), _stream(seed=2)
+  for _ in range(5):
+    x, y, z = next(a), next(b), next(c)
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+  assert not np.array_equal(x["a"], z["a"])
 
 
 def test_epochs_are_reshuffled():
-  packed = pipeline.PackedRows(_source(), seed=0)
-  packed[10_000]  # plans several epochs
-  first = [sorted(_users_in(packed[i])) for i in range(3)]
-  start = packed._starts[1]
-  second = [sorted(_users_in(packed[start + i])) for i in range(3)]
-  assert first != second
+  src = _Source(n=40)
+  it = _stream(seed=0, src=src, batch=2, pack=False)  # unpacked: the packer's bins blur epoch boundaries
+  order = []
+  while len(order) < 2 * len(src):
+    batch = next(it)
+    for row in range(2):
+      order += [u for u, _ in _users_in({k: v[row] for k, v in batch.items()})]
+  first, second = order[:len(src)], order[len(src):2 * len(src)]
+  assert sorted(first) == list(range(len(src))) and first != second
 
 
-def test_batches_and_eval_cover_everyone():
-  src = _source(n=70)
-  ds = pipeline.train_dataset(src, global_batch=8, seed=0)
-  batch = ds[5]
-  assert batch["a"].shape == (8, 16) and batch["segment_ids"].dtype == np.int32
-  rows = list(pipeline.eval_batches(src, global_batch=32))
-  assert len(rows) == 3 and all(r["a"].shape == (32, 16) for r in rows)
-  assert sum(pipeline.num_events(r) for r in rows) == int(src.lengths.sum())
+def test_iterator_state_resumes_exactly():
+  it = _stream(seed=5)
+  for _ in range(7):
+    next(it)
+  state = it.get_state()
+  expected = [next(it) for _ in range(6)]
+  resumed = _stream(seed=5)
+  resumed.set_state(state)
+  for want in expected:
+    got = next(resumed)
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_eval_covers_everyone_once_with_the_last_window():
+  src = _Source(n=70)
+  rows = list(pipeline.eval_batches(src, names=("a", "b"), max_len=MAX_LEN, global_batch=32))
+  assert len(rows) == 3 and all(r["a"].shape == (32, MAX_LEN) for r in rows)
+  users = [u for batch in rows for r in range(32) for u in _users_in({k: v[r] for k, v in batch.items()})]
+  assert [u for u, _ in users] == list(range(70))
+  for u, events in users:
+    np.testing.assert_array_equal(events, src[u]["a"][-MAX_LEN:])
+  assert sum(pipeline.num_events(r) for r in rows) == int(np.minimum(src.lengths, MAX_LEN).sum())

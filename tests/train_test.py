@@ -18,14 +18,21 @@ from gpt_ads.model import Model, ModelConfig
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_train_step_compiles_once_and_accumulates():
+def _batches(data, config, n):
+  """The first n local training batches of `data`."""
+  it = iter(pipeline.train_dataset(data.train, names=data.schema.names, max_len=config.model.max_len,
+                                   global_batch=config.train.batch_size, seed=0))
+  return [next(it) for _ in range(n)]
+
+
+def test_train_step_compiles_once_and_accumulates(tmp_path):
   config = tiny_config()
-  data = datasets.load(config)
+  data = datasets.load(config, str(tmp_path))
   model = Model(data.schema, ModelConfig.from_config(config.model))
   mesh, rule_set = sharding.make_mesh(config.mesh), sharding.rules(config)
   tx, lr = optim.make(config.train)
   _, shardings = train_state.abstract_and_shardings(model, tx, mesh, rule_set)
-  ds = pipeline.train_dataset(data.train, global_batch=16, seed=0)
+  ds = _batches(data, config, 3)
   dsh = sharding.batch_sharding(mesh, rule_set)
   losses = {}
   for accum in (1, 2):

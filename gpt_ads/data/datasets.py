@@ -1,44 +1,96 @@
-"""Which data a run trains on: `config.data.dir` (a prepared data set) or, when empty, generated users.
+"""Which data a run trains on: a prepared data set (`config.data.dir`) or, when that is empty, generated users.
 
-Generated data (gpt_ads.data.synthetic) comes with exact reference losses on the test users: the Bayes-optimal
-factorized and joint losses (forward filtering over the discrete latent state) and the unigram loss.
+Both go through the same path: a prepared data set directory (gpt_ads.data.store: schema.json + TFDS
+ArrayRecord splits) read by the Grain pipeline. Generated users (gpt_ads.data.synthetic) are first written to
+`<workdir>/generated_data` (reused while the generator settings are unchanged) and come with exact reference
+losses on the test users: the Bayes-optimal factorized and joint losses and the unigram loss.
+
+The schema: names, vocabulary sizes and loss kinds come from the data set's schema.json; the model-side settings
+(embed_dim, num_negatives, sampler, tied, weight) from `config.schema.defaults`, overridden per feature by
+`config.schema.features.<name>` for the features the data has (entries for features it lacks are ignored, with a
+warning: the default config lists the generated data's features).
 """
 
 import dataclasses
+import hashlib
+import json
+import os
 import time
 
+import jax
 import numpy as np
 from absl import logging
 
 from gpt_ads import features as features_lib
-from gpt_ads.data import pipeline, synthetic
+from gpt_ads.data import store, synthetic
+
+_DATA_KEYS = ("vocab_size", "loss")  # what the data set decides
+_MODEL_KEYS = ("embed_dim", "num_negatives", "sampler", "tied", "weight")  # what the config decides
 
 
 @dataclasses.dataclass
 class Dataset:
   """Attributes:
     schema: the event schema the data follows.
+    prepared: the prepared data set (its schema.json as `prepared.meta`).
     counts: {feature: int64 [vocab_size]} value counts over training events (for unigram samplers).
-    train, val, test: the splits as grain sources.
+    train, val, test: the splits as random-access sources of user records.
     references: exact reference losses on `test` (generated data only), else None.
   """
   schema: features_lib.Schema
+  prepared: store.Prepared
   counts: dict[str, np.ndarray]
-  train: pipeline.UsersSource
-  val: pipeline.UsersSource
-  test: pipeline.UsersSource
+  train: object
+  val: object
+  test: object
   references: dict | None = None
 
 
-def load(config) -> Dataset:
+def load(config, workdir: str) -> Dataset:
+  """The run's data: `config.data.dir` if set, else generated users written under `workdir`."""
   if config.data.dir:
-    raise ValueError(f"config.data.dir={config.data.dir!r}: this version trains on generated data only; "
-                     "leave config.data.dir empty")
-  return generated(config)
+    prepared, references = store.open_dir(config.data.dir), None
+  else:
+    prepared, references = generated(config, workdir)
+  schema = schema_for(prepared, config)
+  too_long = {s: v["max_events"] for s, v in prepared.meta["splits"].items() if v["max_events"] > config.model.max_len}
+  if too_long:
+    logging.info("users longer than config.model.max_len=%d are cropped (longest per split: %s)",
+                 config.model.max_len, too_long)
+  return Dataset(schema=schema, prepared=prepared, counts=prepared.counts(), train=prepared.source("train"),
+                 val=prepared.source("validation"), test=prepared.source("test"), references=references)
 
 
-def generated(config) -> Dataset:
-  """Draws train / val / test users from the configured process (fixed seeds: same data on every host)."""
+def schema_for(prepared: store.Prepared, config) -> features_lib.Schema:
+  """The data set's features with the config's model-side settings (see the module docstring)."""
+  defaults = config.schema.defaults.to_dict()
+  overrides = {k: (v.to_dict() if hasattr(v, "to_dict") else dict(v)) for k, v in config.schema.features.items()}
+  ignored = sorted(set(overrides) - set(prepared.feature_names))
+  if ignored:
+    logging.warning("config.schema.features.%s: the data set %s has no such feature(s); ignored (it has %s)",
+                    ",".join(ignored), prepared.path, ", ".join(prepared.feature_names))
+  specs = []
+  for f in prepared.meta["features"]:
+    o = overrides.get(f["name"], {})
+    unknown = sorted(set(o) - set(_DATA_KEYS) - set(_MODEL_KEYS))
+    if unknown:
+      raise ValueError(f"config.schema.features.{f['name']} has unknown keys {unknown}; "
+                       f"allowed: {sorted(_DATA_KEYS + _MODEL_KEYS)}")
+    for k in _DATA_KEYS:
+      if k in o and o[k] != f[k]:
+        raise ValueError(f"config.schema.features.{f['name']}.{k}={o[k]!r} but the data set {prepared.path} has "
+                         f"{f[k]!r}; the data decides {k} (prepare the data again to change it)")
+    model_side = {k: o.get(k, defaults[k]) for k in _MODEL_KEYS if k in o or k in defaults}
+    specs.append(features_lib.FeatureSpec(name=f["name"], vocab_size=int(f["vocab_size"]), loss=f["loss"],
+                                          **model_side))
+  return features_lib.Schema(tuple(specs))
+
+
+def generated(config, workdir: str) -> tuple[store.Prepared, dict]:
+  """Draws train / val / test users (fixed seeds), writes them as a prepared data set (once) and returns it.
+
+  Returns (prepared data set, exact reference losses on its test users).
+  """
   schema = features_lib.Schema.from_config(config.schema.features)
   process = synthetic.Process(config.data.synthetic)
   for f in schema:
@@ -53,15 +105,43 @@ def generated(config) -> Dataset:
                      f"{process.max_len}: generated users would not fit; raise model.max_len")
   t0 = time.time()
   seed = config.data.seed
-  train = process.sample(config.data.num_train_users, seed=seed)
-  val = process.sample(config.data.num_val_users, seed=seed + 1)
-  test = process.sample(config.data.num_test_users, seed=seed + 2)
-  references = synthetic.reference_losses(process, train, test)
-  logging.info("generated %d/%d/%d users and reference losses in %.1fs", len(train), len(val), len(test),
-               time.time() - t0)
+  sizes = {"train": config.data.num_train_users, "validation": config.data.num_val_users,
+           "test": config.data.num_test_users}
+  users = {split: process.sample(n, seed=seed + i) for i, (split, n) in enumerate(sizes.items())}
+  references = synthetic.reference_losses(process, users["train"], users["test"])
 
-  def source(users):
-    return pipeline.UsersSource({f.name: users.features[f.name] for f in schema}, users.lengths)
+  fingerprint = hashlib.sha256(json.dumps(
+      {"synthetic": config.data.synthetic.to_dict(), "seed": seed, "sizes": sizes,
+       "features": [(f.name, f.vocab_size, f.loss) for f in schema]}, sort_keys=True).encode()).hexdigest()[:16]
+  suffix = f"_p{jax.process_index()}" if jax.process_count() > 1 else ""  # hosts may not share a filesystem
+  path = os.path.join(workdir, "generated_data" + suffix)
+  try:
+    prepared = store.open_dir(path)
+    if prepared.meta["source"].get("fingerprint") != fingerprint:
+      prepared = None
+  except ValueError:
+    prepared = None
+  if prepared is None:
+    store.write(path, features=[{"name": f.name, "vocab_size": f.vocab_size, "loss": f.loss,
+                                 "vocabulary": {"kind": "generated"}, "source": "gpt_ads.data.synthetic"}
+                                for f in schema],
+                splits={split: (lambda u=u, split=split: _records(u, schema.names, split))
+                        for split, u in users.items()},
+                labels={"is_bot": {"kind": "numeric"}, "converted": {"kind": "numeric"},
+                        "segment": {"kind": "numeric"}},
+                source={"generator": "gpt_ads.data.synthetic", "fingerprint": fingerprint,
+                        "synthetic": config.data.synthetic.to_dict(), "seed": seed},
+                overwrite=True)
+    prepared = store.open_dir(path)
+  logging.info("generated %s users (%s) and reference losses in %.1fs", sizes, path, time.time() - t0)
+  return prepared, references
 
-  return Dataset(schema=schema, counts=synthetic.value_counts(train), train=source(train), val=source(val),
-                 test=source(test), references=references)
+
+def _records(users: synthetic.Users, names, split: str):
+  for i in range(len(users)):
+    n = int(users.lengths[i])
+    record = {name: users.features[name][i, :n] for name in names}
+    record["user_id"] = f"{split}-{i}"
+    record["labels"] = {"is_bot": float(users.is_bot[i]), "converted": float(users.converted[i]),
+                        "segment": float(users.segment[i])}
+    yield record

@@ -1,12 +1,21 @@
-"""Grain input pipeline for in-memory users -> per-process batches -> global `jax.Array`s.
+"""Grain input pipeline: a split of a prepared data set -> per-process batches -> global `jax.Array`s.
 
 A batch is {feature: int32 [b, t], "segment_ids": int32 [b, t] (0 = padding), "positions": int32 [b, t]}.
-Training batches come from a random-access `grain.MapDataset` (shuffled, reshuffled every epoch, repeated):
-batch `step` is a pure function of (seed, step), so a resumed run sees exactly the batches an uninterrupted
-run would have seen, and every process reads only its own rows of each global batch.
+Its source is any random-access source of user records ({feature: int ids [n], ...}), in practice a split of a
+prepared data set (`store.Prepared.source`, a `tfds.data_source`).
+
+Training (endless):   source[p::P] -> shuffle(seed), reshuffled every epoch -> repeat -> random window of at most
+                      max_len events -> iterator (ReadOptions threads) -> FirstFitPackIterDataset (several users
+                      per row: segment ids, positions restarting per user) or one user per padded row -> batch
+                      of this process's rows -> optional multiprocess prefetch.
+Evaluation (finite):  every user once, in order, its LAST max_len events, one user per padded row; every process
+                      yields the same number of batches (empty rows fill the tail), so collectives line up.
+
+The training iterator is a grain `DatasetIterator`: `get_state()` / `set_state()` (saved with the checkpoints)
+make a resumed run see exactly the batches an uninterrupted run would have seen.
 """
 
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import grain
 import jax
@@ -14,132 +23,109 @@ import numpy as np
 
 from gpt_ads import features as features_lib
 
+SEGMENT_IDS, POSITIONS = "segment_ids", "positions"
 
-class UsersSource:
-  """A grain random-access source over users held as padded arrays ({name: [n, max_len]} + lengths [n]).
 
-  Each record is one user's row: {feature: [max_len], "segment_ids": [max_len], "positions": [max_len]}.
+class Window:
+  """A user record -> {feature: int32 ids [<= max_len]}: a random window (training) or the last one (eval).
+
+  Attributes:
+    names: the schema's feature names; max_len: the row length.
   """
 
-  def __init__(self, features: dict[str, np.ndarray], lengths: np.ndarray):
-    self._features = {k: np.asarray(v, np.int32) for k, v in features.items()}
-    self._lengths = np.asarray(lengths, np.int32)
-    self._max_len = next(iter(self._features.values())).shape[1]
+  def __init__(self, names: Sequence[str], max_len: int):
+    self.names, self.max_len = tuple(names), max_len
 
-  def __len__(self) -> int:
-    return len(self._lengths)
-
-  @property
-  def feature_names(self) -> tuple[str, ...]:
-    return tuple(self._features)
-
-  @property
-  def max_len(self) -> int:
-    return self._max_len
-
-  @property
-  def lengths(self) -> np.ndarray:
-    return self._lengths
-
-  @property
-  def features(self) -> dict[str, np.ndarray]:
-    return self._features
-
-  def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-    pos = np.arange(self._max_len, dtype=np.int32)
-    present = pos < self._lengths[i]
-    row = {k: v[i] for k, v in self._features.items()}
-    row["segment_ids"] = present.astype(np.int32)
-    row["positions"] = np.where(present, pos, 0).astype(np.int32)
-    return row
-
-  def __repr__(self) -> str:
-    return f"UsersSource(n={len(self)}, max_len={self._max_len})"
+  def __call__(self, record: dict, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    n = len(record[self.names[0]])
+    start = n - self.max_len  # the last window
+    if rng is not None and start > 0:
+      start = int(rng.integers(0, start + 1))
+    start = max(start, 0)
+    return {k: np.asarray(record[k][start:start + self.max_len], np.int32) for k in self.names}
 
 
-def empty_row(names, max_len: int) -> dict[str, np.ndarray]:
-  """A padding row: no events."""
+def padded_row(user: dict[str, np.ndarray], names: Sequence[str], max_len: int) -> dict[str, np.ndarray]:
+  """One user (or nobody, for an empty dict) in a [max_len] row padded with PAD / segment 0."""
+  n = len(user[names[0]]) if user else 0
   row = {k: np.full(max_len, features_lib.PAD_ID, np.int32) for k in names}
-  row["segment_ids"] = np.zeros(max_len, np.int32)
-  row["positions"] = np.zeros(max_len, np.int32)
+  for k in names:
+    if n:
+      row[k][:n] = user[k]
+  row[SEGMENT_IDS] = (np.arange(max_len) < n).astype(np.int32)
+  row[POSITIONS] = np.where(row[SEGMENT_IDS] > 0, np.arange(max_len), 0).astype(np.int32)
   return row
 
 
-class PackedRows:
-  """Users packed into [max_len] rows: a random-access grain source over an endless, reshuffled stream.
+class _FromPacked:
+  """FirstFitPackIterDataset output ({f, f_segment_ids, f_positions} per feature) -> the batch layout."""
 
-  Epoch e shuffles the users (seed, e) and packs them in that order, first-fit into the `open_rows` most
-  recently opened rows; each user keeps its own segment id within a row and its positions restart at 0.
-  Row i of the stream is a pure function of (seed, i): resuming at any step reproduces the same rows.
-  """
+  def __init__(self, names: Sequence[str]):
+    self.names = tuple(names)
 
-  def __init__(self, source: UsersSource, *, seed: int, open_rows: int = 8):
-    self._src, self._seed, self._open = source, seed, open_rows
-    self._plans: list[list[list[int]]] = []  # epoch -> rows -> user indices
-    self._starts = [0]  # first stream row of each epoch
-
-  def _plan(self, epoch: int) -> list[list[int]]:
-    order = np.random.default_rng([self._seed, epoch]).permutation(len(self._src))
-    lengths = self._src.lengths
-    rows, free = [], []
-    for u in order:
-      n = int(lengths[u])
-      for j in range(max(0, len(rows) - self._open), len(rows)):
-        if free[j] >= n:
-          rows[j].append(int(u))
-          free[j] -= n
-          break
-      else:
-        rows.append([int(u)])
-        free.append(self._src.max_len - n)
-    return rows
-
-  def __len__(self) -> int:
-    return np.iinfo(np.int64).max  # endless
-
-  def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-    while self._starts[-1] <= i:
-      self._plans.append(self._plan(len(self._plans)))
-      self._starts.append(self._starts[-1] + len(self._plans[-1]))
-    epoch = int(np.searchsorted(self._starts, i, side="right")) - 1
-    users = self._plans[epoch][i - self._starts[epoch]]
-    row = empty_row(self._src.feature_names, self._src.max_len)
-    at = 0
-    for seg, u in enumerate(users, start=1):
-      n = int(self._src.lengths[u])
-      for k in self._src.feature_names:
-        row[k][at:at + n] = self._src.features[k][u, :n]
-      row["segment_ids"][at:at + n] = seg
-      row["positions"][at:at + n] = np.arange(n)
-      at += n
-    return row
+  def __call__(self, packed: dict) -> dict[str, np.ndarray]:
+    first = self.names[0]
+    out = {k: np.asarray(packed[k], np.int32) for k in self.names}
+    out[SEGMENT_IDS] = np.asarray(packed[f"{first}_segment_ids"], np.int32)
+    out[POSITIONS] = np.asarray(packed[f"{first}_positions"], np.int32)
+    return out
 
 
-def train_dataset(source: UsersSource, *, global_batch: int, seed: int, pack: bool = True) -> grain.MapDataset:
-  """ds[step] = this process's rows of global batch `step` (endless; reshuffled every epoch).
+class _Padded:
+  """One user -> one padded row (no packing)."""
 
-  pack=True packs several users into each row (no padding waste); pack=False gives one user per row.
-  """
-  pc, pi = jax.process_count(), jax.process_index()
+  def __init__(self, names: Sequence[str], max_len: int):
+    self.names, self.max_len = tuple(names), max_len
+
+  def __call__(self, user: dict) -> dict[str, np.ndarray]:
+    return padded_row(user, self.names, self.max_len)
+
+
+def local_batch_size(global_batch: int) -> int:
+  pc = jax.process_count()
   if global_batch % pc:
     raise ValueError(f"config.train.batch_size={global_batch} must be divisible by the {pc} processes")
-  if pack:
-    ds = grain.MapDataset.source(PackedRows(source, seed=seed))
-  else:
-    ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
-  ds = ds.batch(global_batch // pc, drop_remainder=False)
-  return ds[pi::pc]
+  return global_batch // pc
 
 
-def eval_batches(source: UsersSource, *, global_batch: int) -> Iterator[dict[str, np.ndarray]]:
-  """Every user once, in order; the last global batch is filled with empty rows. Yields this process's rows."""
+def train_dataset(source, *, names: Sequence[str], max_len: int, global_batch: int, seed: int, pack: bool = True,
+                  packing_bins: int = 0, read_threads: int = 2, num_workers: int = 0) -> grain.IterDataset:
+  """This process's endless stream of training batches (see the module docstring).
+
+  Args:
+    packing_bins: rows the packer fills at once (more: less padding); 0 = 4 x the local batch.
+    num_workers: > 0 runs the pipeline in that many worker processes (grain multiprocess prefetch).
+  """
+  local = local_batch_size(global_batch)
   pc, pi = jax.process_count(), jax.process_index()
-  local = global_batch // pc
+  if len(source) < pc:
+    raise ValueError(f"the training split has {len(source)} users, fewer than the {pc} processes")
+  ds = grain.MapDataset.source(source)[pi::pc].shuffle(seed=seed).repeat()
+  ds = ds.random_map(Window(names, max_len), seed=seed)
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=4 * local))
+  if pack:
+    it = grain.experimental.FirstFitPackIterDataset(
+        it, length_struct={k: max_len for k in names}, num_packing_bins=packing_bins or 4 * local, seed=seed,
+        shuffle_bins=True)
+    it = it.map(_FromPacked(names))
+  else:
+    it = it.map(_Padded(names, max_len))
+  it = it.batch(local, drop_remainder=True)
+  if num_workers > 0:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return it
+
+
+def eval_batches(source, *, names: Sequence[str], max_len: int, global_batch: int) -> Iterator[dict]:
+  """Every user of `source` once (its last max_len events), as this process's rows of each global batch."""
+  local = local_batch_size(global_batch)
+  pc, pi = jax.process_count(), jax.process_index()
+  window = Window(names, max_len)
   n = len(source)
   for start in range(0, n, global_batch):
     rows = []
     for j in range(start + pi * local, start + (pi + 1) * local):
-      rows.append(source[j] if j < n else empty_row(source.feature_names, source.max_len))
+      rows.append(padded_row(window(source[j]) if j < n else {}, names, max_len))
     yield {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
@@ -150,4 +136,4 @@ def to_global(local_batch: dict[str, np.ndarray], sharding: jax.sharding.Shardin
 
 def num_events(local_batch: dict[str, np.ndarray]) -> int:
   """Real (non-padding) events in this process's rows."""
-  return int(np.count_nonzero(local_batch["segment_ids"]))
+  return int(np.count_nonzero(local_batch[SEGMENT_IDS]))
