@@ -529,22 +529,12 @@ def _validate(o: PrepareOptions) -> None:
     raise ValueError("--min_events and --batch_rows must be >= 1, --gap_buckets >= 2, --hash_buckets N >= 1")
   if os.path.exists(o.output) and not o.overwrite:
     raise ValueError(f"{os.path.abspath(o.output)} already exists; choose another --output or pass --overwrite")
+  for path in [*o.input, *o.test_input, *o.labels]:  # before a long read: a typo in the last file fails now
+    _check_file(path)
 
 
-def prepare(options: PrepareOptions, *, log: Callable[[str], None] = lambda line: None,
-            extra_source: dict | None = None) -> dict:
-  """Reads, cleans, splits and encodes the events; writes the data set; returns its schema.json dict.
-
-  `log` receives progress lines; `extra_source` is merged into schema.json's `source` (e.g. by data builders).
-  """
-  o, start, oov = options, time_lib.time(), features_lib.OOV_ID
-  _validate(o)
-  stats = {"input_rows": 0, "duplicate_rows": 0, "users_dropped_too_few_events": 0,
-           "rows_dropped": dict.fromkeys(("missing_user", "missing_time", "test_user_in_input", "duplicate",
-                                          "too_few_events"), 0),
-           "missing_values": dict.fromkeys(o.features, 0), "oov_events": {}, "label_rows": 0}
-  ev = _read(o, stats, log)
-
+def _clean(ev: _Events, o: PrepareOptions, stats: dict) -> tuple[np.ndarray, np.ndarray]:
+  """(kept rows sorted by user then time [events], in_test bool [user codes]): the drop rules of POLICY."""
   rows = np.arange(len(ev.user))
   in_test = np.zeros(len(ev.users.codes), bool)
   if o.test_input:
@@ -555,12 +545,48 @@ def prepare(options: PrepareOptions, *, log: Callable[[str], None] = lambda line
   order = _stable_order(ev, rows)
   order, n = _drop_duplicates(ev, order), len(order)
   stats["duplicate_rows"] = stats["rows_dropped"]["duplicate"] = n - len(order)
-  starts, lengths = _segments(ev.user[order])
+  _, lengths = _segments(ev.user[order])
   few = lengths < o.min_events
   stats["users_dropped_too_few_events"] = int(few.sum())
   stats["rows_dropped"]["too_few_events"] = int(lengths[few].sum())
-  order = order[np.repeat(~few, lengths)]
-  starts, lengths = _segments(ev.user[order])
+  return order[np.repeat(~few, lengths)], in_test
+
+
+def _encode(c: str, codes: np.ndarray, values: list[str], train: np.ndarray, o: PrepareOptions):
+  """(ids int32 [events], schema feature dict) of feature column `c` from its value codes in event order."""
+  if c in o.hash_buckets:
+    buckets = int(o.hash_buckets[c])
+    lut = np.fromiter((features_lib.NUM_RESERVED + stable_hash(v) % buckets for v in values), np.int32,
+                      len(values))
+    lut = np.append(lut, features_lib.OOV_ID).astype(np.int32)
+    vocab, size = {"kind": "hash", "num_buckets": buckets, "hash": HASH}, features_lib.NUM_RESERVED + buckets
+  else:
+    min_count, max_size = _per_column(o.min_count, c, 1), _per_column(o.max_vocab, c, 1_000_000)
+    lut, kept = _vocabulary(codes, train, values, min_count=min_count, max_size=max_size)
+    if not kept:
+      raise ValueError(f"feature {c!r}: no value occurs {min_count}+ times in the training events; lower "
+                       "--min_count")
+    vocab = {"kind": "values", "values": kept, "min_count": min_count, "max_size": max_size}
+    size = features_lib.NUM_RESERVED + len(kept)
+  loss = "sampled_softmax" if c in o.sampled else "softmax"
+  return lut[codes], {"name": c, "vocab_size": size, "loss": loss, "vocabulary": vocab, "source": c}
+
+
+def prepare(options: PrepareOptions, *, log: Callable[[str], None] = lambda line: None,
+            extra_source: dict | None = None) -> dict:
+  """Reads, cleans, splits and encodes the events; writes the data set; returns its schema.json dict.
+
+  `log` receives progress lines; `extra_source` is merged into schema.json's `source` (e.g. by data builders).
+  """
+  o, start = options, time_lib.time()
+  _validate(o)
+  stats = {"input_rows": 0, "duplicate_rows": 0, "users_dropped_too_few_events": 0,
+           "rows_dropped": dict.fromkeys(("missing_user", "missing_time", "test_user_in_input", "duplicate",
+                                          "too_few_events"), 0),
+           "missing_values": dict.fromkeys(o.features, 0), "oov_events": {}, "label_rows": 0}
+  ev = _read(o, stats, log)
+  order, in_test = _clean(ev, o, stats)
+  starts, lengths = _segments(ev.user[order])  # [users]
   seg_user, names = ev.user[order[starts]], ev.users.values  # [users] user code of each run
   split = np.array([
       "test" if in_test[u] else user_split(names[u], seed=o.split_seed, val_fraction=o.val_fraction,
@@ -574,25 +600,9 @@ def prepare(options: PrepareOptions, *, log: Callable[[str], None] = lambda line
 
   feats, ids = [], {}
   for c in o.features:
-    codes, values = ev.values.pop(c)[order], ev.encoders[c].values
-    loss = "sampled_softmax" if c in o.sampled else "softmax"
-    if c in o.hash_buckets:
-      buckets = int(o.hash_buckets[c])
-      lut = np.fromiter((features_lib.NUM_RESERVED + stable_hash(v) % buckets for v in values), np.int32,
-                        len(values))
-      lut, vocab, size = np.append(lut, oov).astype(np.int32), {"kind": "hash", "num_buckets": buckets,
-                                                                 "hash": HASH}, features_lib.NUM_RESERVED + buckets
-    else:
-      min_count, max_size = _per_column(o.min_count, c, 1), _per_column(o.max_vocab, c, 1_000_000)
-      lut, kept = _vocabulary(codes, train, values, min_count=min_count, max_size=max_size)
-      if not kept:
-        raise ValueError(f"feature {c!r}: no value occurs {min_count}+ times in the training events; lower "
-                         "--min_count")
-      vocab = {"kind": "values", "values": kept, "min_count": min_count, "max_size": max_size}
-      size = features_lib.NUM_RESERVED + len(kept)
-    ids[c] = lut[codes]  # code -1 (missing) -> lut[-1] = OOV
-    stats["oov_events"][c] = int((ids[c][train] == oov).sum())
-    feats.append({"name": c, "vocab_size": size, "loss": loss, "vocabulary": vocab, "source": c})
+    ids[c], feature = _encode(c, ev.values.pop(c)[order], ev.encoders[c].values, train, o)
+    stats["oov_events"][c] = int((ids[c][train] == features_lib.OOV_ID).sum())
+    feats.append(feature)
   first = np.zeros(len(order), bool)
   first[starts] = True
   for kind in o.derive_time:
@@ -616,16 +626,18 @@ def prepare(options: PrepareOptions, *, log: Callable[[str], None] = lambda line
   stats["events"] = {s: int(lengths[split == s].sum()) for s in store.SPLITS}
   stats["policy"] = {**POLICY, "split": f"user_split(user_id, seed={o.split_seed}): blake2b-64 of "
                                         f"'{o.split_seed}:<user_id>' / 2**64 (see gpt_ads.data.prepare)"}
-  source = {"inputs": [os.path.abspath(p) for p in o.input], "test_inputs": [os.path.abspath(p) for p in o.test_input],
+  source = {"inputs": [os.path.abspath(p) for p in o.input],
+            "test_inputs": [os.path.abspath(p) for p in o.test_input],
             "labels": [os.path.abspath(p) for p in o.labels], "user_col": o.user_col, "time_col": o.time_col,
             "flags": dataclasses.asdict(o), **(extra_source or {})}
-  log(f"writing {os.path.abspath(o.output)} ...")
+  out = os.path.abspath(o.output)
+  log(f"writing {out} ...")
   meta = store.write(o.output, features=feats, splits={s: records(s) for s in store.SPLITS}, labels=label_specs,
                      stats=stats, source=source, overwrite=o.overwrite)
   dropped = ", ".join(f"{k}={v:,}" for k, v in stats["rows_dropped"].items() if v)
   log("; ".join(f"{s}: {stats['users'][s]:,} users / {stats['events'][s]:,} events" for s in store.SPLITS)
       + f"; rows dropped: {dropped or 'none'}; users dropped (too few events): "
-      f"{stats['users_dropped_too_few_events']:,}; wrote {os.path.abspath(o.output)} in {time_lib.time() - start:.1f}s")
+      f"{stats['users_dropped_too_few_events']:,}; wrote {out} in {time_lib.time() - start:.1f}s")
   return meta
 
 
@@ -698,8 +710,11 @@ def run():
   from absl import app
   _define_flags()
   main_module = sys.modules["__main__"]
-  if not main_module.__doc__:  # the console-script shim: show this module's usage and policy on --help
+  if not main_module.__doc__:  # the console-script shim: show this module's usage, policy and flags on --help
     main_module.__doc__ = __doc__
+    from absl import flags
+    for name in flags.FLAGS.get_key_flags_for_module(__name__):
+      flags.FLAGS.register_key_flag_for_module(sys.argv[0], name)
   app.run(main)
 
 
