@@ -35,9 +35,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.num_train_users = run["num_train_users"]
   c.data.num_val_users = 2_000
   c.data.num_test_users = 5_000
+  c.data.num_shards = 0       # input shards (each process reads num_shards / processes); 0 = one per process
   c.data.pack = True          # several users per row (segment ids); False: one user per padded row
-  c.data.packing_bins = 0     # rows packed at once; 0 = 4 x the per-process batch
-  c.data.read_threads = 2     # grain ReadOptions threads
+  c.data.packing_bins = 0     # rows packed at once per shard; 0 = 4 x the shard's rows of a batch
+  c.data.read_threads = 1     # grain ReadOptions threads (blocks of 64 users per read)
   c.data.num_workers = 0      # > 0: grain multiprocess prefetch workers
   c.model.max_len = c.data.synthetic.get_ref("max_len")
 

@@ -81,8 +81,8 @@ def validate(config) -> None:
   if config.model.max_len < 2:
     raise ValueError(f"config.model.max_len={config.model.max_len} must be >= 2 (one event predicts the next)")
   d = config.data
-  if d.packing_bins < 0 or d.read_threads < 1 or d.num_workers < 0:
-    raise ValueError("config.data.packing_bins and num_workers must be >= 0, read_threads >= 1")
+  if d.packing_bins < 0 or d.read_threads < 1 or d.num_workers < 0 or d.num_shards < 0:
+    raise ValueError("config.data.packing_bins, num_shards and num_workers must be >= 0, read_threads >= 1")
   unknown = sorted(set(config.schema.defaults) - {"embed_dim", "num_negatives", "sampler", "tied", "weight"})
   if unknown:
     raise ValueError(f"config.schema.defaults has unknown keys {unknown}; allowed: embed_dim, num_negatives, "

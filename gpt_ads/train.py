@@ -114,21 +114,25 @@ def train_and_evaluate(config, workdir: str) -> dict:
   unigram_log_q = {f.name: jnp.asarray(negatives.unigram_log_probs(data.counts[f.name], f.vocab_size))
                    for f in schema.sampled if f.sampler in ("unigram", "in_batch") and f.name in data.counts}
 
-  # Input: this process's endless stream of training batches (its position is saved with every checkpoint).
-  seq_len, dc = config.model.max_len, config.data
-  train_iter = iter(pipeline.train_dataset(
-      data.train, names=schema.names, max_len=seq_len, global_batch=config.train.batch_size, seed=dc.seed,
-      pack=dc.pack, packing_bins=dc.packing_bins, read_threads=dc.read_threads, num_workers=dc.num_workers))
-
-  # State (and input position): restored into its shardings, or created sharded.
+  # State and input position: restored (state into its shardings), or created sharded.
   abstract, state_shardings = train_state_lib.abstract_and_shardings(model, tx, mesh, rule_set)
   ckpt = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints)
   with jax.set_mesh(mesh):
-    state = ckpt.restore(abstract, data_iterator=train_iter)
+    state, data_state = ckpt.restore(abstract)
     if state is None:
       biases = (train_state_lib.log_prior_biases(schema, data.counts, model.cfg.vocab_pad_multiple)
                 if config.train.init_output_bias == "log_prior" else {})
       state = train_state_lib.create(jax.random.key(config.seed), model, tx, state_shardings, biases)
+
+  # Input: this process's input shards (num_shards 0 = the checkpoint's, else one per process).
+  seq_len, dc = config.model.max_len, config.data
+  num_shards = dc.num_shards or (data_state["num_shards"] if data_state else jax.process_count())
+  train_iter = pipeline.TrainIterator(
+      data.train, names=schema.names, max_len=seq_len, global_batch=config.train.batch_size, seed=dc.seed,
+      num_shards=num_shards, pack=dc.pack, packing_bins=dc.packing_bins, read_threads=dc.read_threads,
+      num_workers=dc.num_workers)
+  if data_state is not None:
+    train_iter.set_state(data_state)
   start_step = int(jax.device_get(state.step))
   if start_step:
     logging.info("resumed from the checkpoint at step %d", start_step)
@@ -179,10 +183,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
         book.log(done, m)
         bar.set_postfix(loss=f"{m['train/loss']:.3f}", ev_s=f"{m.get('train/events_per_sec', 0):.0f}")
       if done % config.train.checkpoint_every == 0 and done != num_steps:
-        ckpt.save(done, state, data_iterator=train_iter)
+        ckpt.save(done, state, data_state=train_iter.global_state())
     bar.close()
     if num_steps > start_step:
-      ckpt.save(num_steps, state, data_iterator=train_iter, force=True)
+      ckpt.save(num_steps, state, data_state=train_iter.global_state(), force=True)
 
     test = evaluate(p_eval_step, state.params, data.test, names=schema.names, max_len=seq_len,
                     global_batch=config.eval.batch_size, data_sharding=data_sharding)

@@ -35,9 +35,9 @@ def _users_in(row):
   return out
 
 
-def _stream(seed=0, pack=True, src=None, batch=8):
-  return iter(pipeline.train_dataset(src or _Source(), names=("a", "b"), max_len=MAX_LEN, global_batch=batch,
-                                     seed=seed, pack=pack))
+def _stream(seed=0, pack=True, src=None, batch=8, num_shards=0):
+  return pipeline.TrainIterator(src or _Source(), names=("a", "b"), max_len=MAX_LEN, global_batch=batch,
+                                seed=seed, pack=pack, num_shards=num_shards)
 
 
 @pytest.mark.parametrize("pack", [True, False])
@@ -110,3 +110,25 @@ def test_eval_covers_everyone_once_with_the_last_window():
   for u, events in users:
     np.testing.assert_array_equal(events, src[u]["a"][-MAX_LEN:])
   assert sum(pipeline.num_events(r) for r in rows) == int(np.minimum(src.lengths, MAX_LEN).sum())
+
+
+def test_input_shards_give_the_same_global_batches_and_states_on_any_process_layout():
+  """Two shards read by one process = shard 0 and shard 1 read by two processes, concatenated."""
+  both = _stream(seed=2, num_shards=2)
+  assert both.shards == (0, 1)
+  singles = [pipeline.shard_stream(_Source(), names=("a", "b"), max_len=MAX_LEN, rows=4, seed=2, shard=s,
+                                   num_shards=2) for s in (0, 1)]
+  singles = [iter(x) for x in singles]
+  for _ in range(3):
+    got, parts = next(both), [next(x) for x in singles]
+    for k in got:
+      np.testing.assert_array_equal(got[k], np.concatenate([parts[0][k], parts[1][k]]))
+  state = both.get_state()
+  assert state["num_shards"] == 2 and set(state["shards"]) == {"0", "1"}
+  again = _stream(seed=2, num_shards=2)
+  again.set_state(state)
+  np.testing.assert_array_equal(next(again)["a"], next(both)["a"])
+  with pytest.raises(ValueError, match="num_shards=2"):
+    _stream(seed=2).set_state(state)
+  with pytest.raises(ValueError, match="divide"):
+    _stream(num_shards=3)

@@ -58,8 +58,8 @@ def test_parameter_shardings_follow_rules(mesh_sizes):
 def test_loss_is_the_same_on_one_device_and_on_an_fsdp_tensor_mesh(tmp_path):
   base = tiny_config(**TP_SIZES)
   data = datasets.load(base, str(tmp_path))
-  local = next(iter(pipeline.train_dataset(data.train, names=data.schema.names, max_len=base.model.max_len,
-                                           global_batch=base.train.batch_size, seed=0)))
+  local = next(pipeline.TrainIterator(data.train, names=data.schema.names, max_len=base.model.max_len,
+                                      global_batch=base.train.batch_size, seed=0))
   results = []
   for devices, sizes in [(jax.devices()[:1], dict(data=1, fsdp=1, tensor=1)),
                          (jax.devices(), dict(data=2, fsdp=2, tensor=2))]:

@@ -37,14 +37,16 @@ def test_write_then_read_back(tmp_path):
   assert prepared.meta == json.loads(json.dumps(meta))
   assert sorted(os.listdir(tmp_path)) == ["ds"]  # no temporary directory left behind
   for split, users in splits.items():
-    src = prepared.source(split)
-    assert len(src) == len(users) == meta["splits"][split]["users"]
-    got = {src[i]["user_id"].decode(): src[i] for i in range(len(src))}
-    for u in users:
-      r = got[u["user_id"]]
-      np.testing.assert_array_equal(r["item"], u["item"])
-      np.testing.assert_array_equal(r["kind"], u["kind"])
-      assert r["labels"]["y"] == u["labels"]["y"]
+    fast, tfds_src = prepared.source(split), prepared.tfds_source(split)  # same records, two readers
+    assert len(fast) == len(tfds_src) == len(users) == meta["splits"][split]["users"]
+    batched = fast._getitems(list(range(len(fast)))[::-1])[::-1]
+    for src in (fast, tfds_src, batched):
+      got = {src[i]["user_id"].decode(): src[i] for i in range(len(users))}
+      for u in users:
+        r = got[u["user_id"]]
+        np.testing.assert_array_equal(r["item"], u["item"])
+        np.testing.assert_array_equal(r["kind"], u["kind"])
+        assert r["labels"]["y"] == u["labels"]["y"]
   counts = prepared.counts()["item"]
   np.testing.assert_array_equal(counts, np.bincount(np.concatenate([u["item"] for u in splits["train"]]),
                                                     minlength=50))
@@ -83,7 +85,7 @@ def test_generated_data_is_written_once_and_packed_users_stay_apart(tmp_path):
   assert os.path.getmtime(tmp_path / "generated_data" / "schema.json") == mtime
 
   names, max_len = data.schema.names, config.model.max_len
-  batch = next(iter(pipeline.train_dataset(data.train, names=names, max_len=max_len, global_batch=8, seed=0)))
+  batch = next(pipeline.TrainIterator(data.train, names=names, max_len=max_len, global_batch=8, seed=0))
   row = int(np.argmax(batch["segment_ids"].max(axis=1)))  # the row with the most users
   assert batch["segment_ids"][row].max() >= 2
   model = Model(data.schema, ModelConfig.from_config(config.model))

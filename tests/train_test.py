@@ -20,8 +20,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _batches(data, config, n):
   """The first n local training batches of `data`."""
-  it = iter(pipeline.train_dataset(data.train, names=data.schema.names, max_len=config.model.max_len,
-                                   global_batch=config.train.batch_size, seed=0))
+  it = pipeline.TrainIterator(data.train, names=data.schema.names, max_len=config.model.max_len,
+                              global_batch=config.train.batch_size, seed=0)
   return [next(it) for _ in range(n)]
 
 
@@ -111,7 +111,7 @@ def test_checkpoint_restores_onto_another_mesh(finished_run):
     abstract, shardings = train_state.abstract_and_shardings(model, tx, mesh, sharding.rules(config))
     ckpt = checkpoint.Checkpointer(workdir, keep=2)
     with jax.set_mesh(mesh):
-      state = ckpt.restore(abstract)
+      state, _ = ckpt.restore(abstract)
     ckpt.close()
     assert int(state.step) == 8
     assert jax.tree.leaves(state.params)[0].sharding == jax.tree.leaves(shardings.params)[0]

@@ -28,6 +28,7 @@ import logging as py_logging
 import os
 import shutil
 import tempfile
+import threading
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -115,7 +116,8 @@ class _SplitCounter:
         raise ValueError(f"{where}, feature {name!r}: ids must lie in [{features_lib.OOV_ID}, {f['vocab_size']}), "
                          f"got [{lo}, {hi}]")
       out[name] = ids.astype(np.int32)
-      self.counts[name] += np.bincount(ids, minlength=f["vocab_size"])
+      if self.split == "train":
+        np.add.at(self.counts[name], ids, 1)  # O(events), not O(vocab) per user
     if self.label_names:
       labels = record.get("labels", {})
       out["labels"] = {k: np.float32(labels.get(k, np.nan)) for k in self.label_names}
@@ -150,6 +152,9 @@ def write(out_dir: str, *, features: list[dict], splits: dict[str, Callable[[], 
   parent = os.path.dirname(out_dir)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the data set is as readable as any new directory
   try:
     builder = _builder_class()(
         feature_names=[f["name"] for f in features], label_names=label_names,
@@ -225,12 +230,87 @@ class Prepared:
     """{feature: int64 [vocab_size]} value counts over training events."""
     return {f["name"]: np.asarray(f["counts"], np.int64) for f in self.meta["features"]}
 
-  def source(self, split: str):
-    """The split as a random-access source (tfds.data_source): len(), [i] -> record dict."""
+  def _builder(self):
+    return _tfds().builder_from_directory(os.path.join(self.path, self.meta["tfds_dir"]))
+
+  def _check_split(self, split: str) -> None:
     if split not in self.meta["splits"]:
       raise ValueError(f"{self.path}: no split {split!r}; it has {sorted(self.meta['splits'])}")
-    builder = _tfds().builder_from_directory(os.path.join(self.path, self.meta["tfds_dir"]))
-    return builder.as_data_source(split=split)
+
+  def tfds_source(self, split: str):
+    """The split as TFDS itself reads it (`tfds.data_source`): len(), [i] -> record dict."""
+    self._check_split(split)
+    return self._builder().as_data_source(split=split)
+
+  def source(self, split: str) -> "SplitSource":
+    """The split as a fast random-access source (same files and records as `tfds_source`)."""
+    self._check_split(split)
+    instructions = self._builder().info.splits[split].file_instructions
+    return SplitSource([(fi.filename, fi.skip, fi.take) for fi in instructions], self.feature_names,
+                       self.label_names)
+
+
+class SplitSource:
+  """Random access to one split's user records, read in batches: {feature: int32 [n], "user_id": bytes,
+  "labels": {name: float}}.
+
+  Reads the TFDS ArrayRecord shards directly (`read(positions)` per shard) and decodes the tf.Example protos
+  with protobuf: ~0.1 ms per user here, against ~0.7 ms through `tfds.data_source` (one read per record, and
+  TFDS's TensorFlow-free decoder). grain uses `_getitems` for batched reads.
+  """
+
+  def __init__(self, shards: list[tuple[str, int, int]], feature_names, label_names):
+    self._shards = shards  # (filename, first record, number of records)
+    self._names, self._labels = tuple(feature_names), tuple(label_names)
+    self._ends = np.cumsum([take for _, _, take in shards])
+    self._readers = {}
+    self._lock = threading.Lock()
+
+  def __len__(self) -> int:
+    return int(self._ends[-1]) if len(self._ends) else 0
+
+  def __getstate__(self):  # picklable for grain worker processes: readers are reopened there
+    return {k: v for k, v in self.__dict__.items() if k not in ("_readers", "_lock")}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state, _readers={}, _lock=threading.Lock())
+
+  def _reader(self, shard: int):
+    with self._lock:
+      if shard not in self._readers:
+        from array_record.python import array_record_module
+        self._readers[shard] = array_record_module.ArrayRecordReader(
+            self._shards[shard][0], "readahead_buffer_size:0", file_reader_buffer_size=32768)
+      return self._readers[shard]
+
+  def __getitem__(self, key: int) -> dict:
+    return self._getitems([key])[0]
+
+  def __getitems__(self, keys) -> list[dict]:
+    return self._getitems(keys)
+
+  def _getitems(self, keys) -> list[dict]:
+    keys = np.asarray(keys, np.int64)
+    if len(keys) and (keys.min() < 0 or keys.max() >= len(self)):
+      raise IndexError(f"record keys must lie in [0, {len(self)})")
+    shard = np.searchsorted(self._ends, keys, side="right")
+    raw = [b""] * len(keys)
+    for s in np.unique(shard):
+      at = np.flatnonzero(shard == s)
+      start = self._ends[s] - self._shards[s][2]
+      positions = (keys[at] - start + self._shards[s][1]).tolist()
+      for i, record in zip(at, self._reader(int(s)).read(positions)):
+        raw[i] = record
+    return [self._decode(r) for r in raw]
+
+  def _decode(self, serialized: bytes) -> dict:
+    from tensorflow_datasets.proto import tf_example_pb2
+    f = tf_example_pb2.Example.FromString(serialized).features.feature
+    out = {k: np.asarray(f[k].int64_list.value, np.int32) for k in self._names}
+    out["user_id"] = f["user_id"].bytes_list.value[0]
+    if self._labels:
+      out["labels"] = {k: float(f[f"labels/{k}"].float_list.value[0]) for k in self._labels}
+    return out
 
 
 def open_dir(path: str) -> Prepared:
