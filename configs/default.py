@@ -10,7 +10,7 @@ Argument keys: size (a model preset, see gpt_ads.config_lib.MODEL_SIZES; default
 
 import ml_collections
 
-from gpt_ads import config_lib, sharding
+from gpt_ads import config_lib
 from gpt_ads.data import synthetic
 from gpt_ads.features import NUM_RESERVED
 
@@ -70,5 +70,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Parallelism: mesh sizes (-1 = all remaining devices) and logical -> mesh axis rules.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.sharding = ml_collections.ConfigDict()
-  c.sharding.rules = sharding.DEFAULT_RULES
+  c.sharding.rule_set = "fsdp_tensor"  # or fsdp | tensor | data_parallel (gpt_ads.sharding.RULE_SETS)
+  c.sharding.rules = ()  # explicit ((logical, mesh axis or axes or None), ...) pairs replace the rule set
   return c

@@ -49,13 +49,17 @@ class Logbook:
     self._tb.flush()
 
   def write_json(self, name: str, obj: dict) -> None:
-    if not _is_writer():
-      return
-    path = os.path.join(self.workdir, name)
-    with open(path + ".tmp", "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    write_json(os.path.join(self.workdir, name), obj)
 
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+
+
+def write_json(path: str, obj: dict) -> None:
+  """Writes `obj` to `path` whole (temp file + rename); only process 0 writes."""
+  if not _is_writer():
+    return
+  with open(path + ".tmp", "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+  os.replace(path + ".tmp", path)

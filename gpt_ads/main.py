@@ -1,4 +1,4 @@
-"""`gpt-ads-train --config=configs/default.py[:args] --workdir=DIR [--config.a.b=value ...]`."""
+"""`gpt-ads-train --config=configs/default.py[:args] --workdir=DIR [--config.a.b=value ...] [--dry_run]`."""
 
 import os
 import sys
@@ -8,7 +8,34 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config(arg)).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl, eval.json.")
+_DRY_RUN = flags.DEFINE_bool(
+    "dry_run", False, "Compile the train step for the configured mesh, print the per-device memory plan "
+    "(parameters, optimizer state, activations; also WORKDIR/memory_plan.json) and exit without training.")
+# Multi-host (JAX's own runtime). Used when any is set or GPT_ADS_DISTRIBUTED=1; unset values come from
+# JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, else JAX's cluster detection (TPU, SLURM).
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (jax.distributed).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (jax.distributed).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id, 0..num_processes-1 (jax.distributed).")
+_HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout_seconds", 45,
+                                  "A process that misses heartbeats this long ends the whole job with an error.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _initialize_distributed(jax) -> None:
+  env = os.environ
+
+  def pick(flag, var):
+    if flag.value is not None:
+      return flag.value
+    return int(env[var]) if env.get(var) else None
+
+  explicit = any(f.value is not None for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID))
+  if not explicit and env.get("GPT_ADS_DISTRIBUTED") != "1":
+    return
+  jax.distributed.initialize(coordinator_address=_COORDINATOR.value or env.get("JAX_COORDINATOR_ADDRESS") or None,
+                             num_processes=pick(_NUM_PROCESSES, "JAX_NUM_PROCESSES"),
+                             process_id=pick(_PROCESS_ID, "JAX_PROCESS_ID"),
+                             heartbeat_timeout_seconds=_HEARTBEAT.value)
 
 
 def main(argv):
@@ -17,10 +44,13 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO; keep the console to progress
     logging.set_verbosity(logging.WARNING)
   import jax  # after flag parsing, so that --xla / env settings apply
-  if os.environ.get("GPT_ADS_DISTRIBUTED") == "1":
-    jax.distributed.initialize()
+  _initialize_distributed(jax)
   from gpt_ads import train
   try:
+    if _DRY_RUN.value:
+      from gpt_ads import memory_plan
+      memory_plan.run(_CONFIG.value, _WORKDIR.value)
+      return
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (ValueError, FloatingPointError) as e:
     logging.error("%s", e)

@@ -36,6 +36,26 @@ DEFAULT_RULES = (
 )
 
 
+
+def _without(rules, *mesh_axes) -> tuple:
+  """`rules` with the given mesh axes removed (an axis no rule maps to stays unsharded)."""
+  out = []
+  for name, target in rules:
+    targets = () if target is None else (target if isinstance(target, tuple) else (target,))
+    kept = tuple(t for t in targets if t not in mesh_axes)
+    out.append((name, kept[0] if len(kept) == 1 else (kept or None)))
+  return tuple(out)
+
+
+# Named rule sets (`config.sharding.rule_set`); `config.sharding.rules`, when non-empty, replaces them.
+RULE_SETS = {
+    "fsdp_tensor": DEFAULT_RULES,                              # whatever the mesh sizes ask for
+    "fsdp": _without(DEFAULT_RULES, "tensor"),                 # params + optimizer state over fsdp
+    "tensor": _without(DEFAULT_RULES, "fsdp"),                 # heads / MLP / vocab over tensor only
+    "data_parallel": tuple((n, ("data", "fsdp") if n == axes.BATCH else None) for n, _ in DEFAULT_RULES),
+}
+
+
 def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, ...]:
   """Resolves `config.mesh` ({data, fsdp, tensor}, one of them may be -1 = fill) against the device count."""
   shape = [int(mesh_cfg[a]) for a in MESH_AXES]
@@ -67,7 +87,11 @@ def make_mesh(mesh_cfg, devices: Sequence[Any] | None = None) -> Mesh:
 
 
 def rules(config) -> tuple[tuple[str, Any], ...]:
-  """`config.sharding.rules` as a tuple of (logical, mesh axis or tuple of axes or None)."""
+  """The logical -> mesh rules: `config.sharding.rules` if set, else the named `config.sharding.rule_set`."""
+  if not config.sharding.rules:
+    if config.sharding.rule_set not in RULE_SETS:
+      raise ValueError(f"config.sharding.rule_set={config.sharding.rule_set!r} is not one of {sorted(RULE_SETS)}")
+    return RULE_SETS[config.sharding.rule_set]
   out = []
   for name, target in config.sharding.rules:
     out.append((name, tuple(target) if isinstance(target, list) else target))

@@ -17,24 +17,33 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+# The default config shrunk to seconds: a nano model on a small generated process. Dotted keys, so the same
+# settings can be passed to the command line (`tiny_flags`) for tests that start processes.
+TINY = {
+    "data.synthetic.num_ads": 300, "data.synthetic.num_ad_categories": 10, "data.synthetic.min_len": 4,
+    "data.synthetic.max_len": 16, "schema.features.ad_id.num_negatives": 64,
+    "data.num_train_users": 400, "data.num_val_users": 64, "data.num_test_users": 128,
+    "train.num_steps": 6, "train.batch_size": 16, "train.warmup_steps": 2,
+    "train.log_every": 2, "train.eval_every": 4, "train.checkpoint_every": 3,
+    "eval.batch_size": 32, "eval.vocab_chunk": 128, "mesh.data": -1,
+}
+
+
 def tiny_config(**overrides):
-  """The default config shrunk to seconds: a nano model on a small generated process."""
+  """get_config("nano") with TINY and then `overrides` ({"a.b": value}) applied."""
   c = default_config.get_config("nano")
-  syn = c.data.synthetic
-  syn.num_ads, syn.num_ad_categories, syn.min_len, syn.max_len = 300, 10, 4, 16
-  c.schema.features.ad_id.num_negatives = 64
-  c.data.num_train_users, c.data.num_val_users, c.data.num_test_users = 400, 64, 128
-  c.train.num_steps, c.train.batch_size, c.train.warmup_steps = 6, 16, 2
-  c.train.log_every, c.train.eval_every, c.train.checkpoint_every = 2, 4, 3
-  c.eval.batch_size, c.eval.vocab_chunk = 32, 128
-  c.mesh.data = -1
-  for k, v in overrides.items():
+  for k, v in {**TINY, **overrides}.items():
     node = c
     *path, last = k.split(".")
     for p in path:
       node = node[p]
     node[last] = v
   return c
+
+
+def tiny_flags(**overrides) -> list[str]:
+  """The same config as command-line flags for `gpt-ads-train`."""
+  return ["--config=configs/default.py:nano"] + [f"--config.{k}={v}" for k, v in {**TINY, **overrides}.items()]
 
 
 @pytest.fixture

@@ -101,15 +101,18 @@ def test_iterator_state_resumes_exactly():
       np.testing.assert_array_equal(got[k], want[k])
 
 
-def test_eval_covers_everyone_once_with_the_last_window():
+@pytest.mark.parametrize("pack", [True, False])
+def test_eval_covers_everyone_once_with_the_last_window(pack):
   src = _Source(n=70)
-  rows = list(pipeline.eval_batches(src, names=("a", "b"), max_len=MAX_LEN, global_batch=32))
-  assert len(rows) == 3 and all(r["a"].shape == (32, MAX_LEN) for r in rows)
-  users = [u for batch in rows for r in range(32) for u in _users_in({k: v[r] for k, v in batch.items()})]
-  assert [u for u, _ in users] == list(range(70))
+  batches = list(pipeline.eval_batches(src, names=("a", "b"), max_len=MAX_LEN, global_batch=32, pack=pack))
+  assert all(b["a"].shape == (32, MAX_LEN) for b in batches)
+  assert len(batches) == (3 if not pack else len(batches)) and (not pack or len(batches) < 3)
+  users = [u for batch in batches for r in range(32) for u in _users_in({k: v[r] for k, v in batch.items()})]
+  order = [u for u, _ in users]
+  assert sorted(order) == list(range(70)) and (pack or order == list(range(70)))  # every user once
   for u, events in users:
     np.testing.assert_array_equal(events, src[u]["a"][-MAX_LEN:])
-  assert sum(pipeline.num_events(r) for r in rows) == int(np.minimum(src.lengths, MAX_LEN).sum())
+  assert sum(pipeline.num_events(r) for r in batches) == int(np.minimum(src.lengths, MAX_LEN).sum())
 
 
 def test_input_shards_give_the_same_global_batches_and_states_on_any_process_layout():

@@ -9,8 +9,8 @@ Training (endless):   per input shard s of S: source[s::S] -> shuffle(seed), res
                       iterator (ReadOptions threads) -> unblock -> FirstFitPackIterDataset (several users per row:
                       segment ids, positions restarting per user) or one user per padded row -> batch of the
                       shard's rows -> optional multiprocess prefetch; a process concatenates its shards' rows.
-Evaluation (finite):  every user once, in order, its LAST max_len events, one user per padded row; every process
-                      yields the same number of batches (empty rows fill the tail), so collectives line up.
+Evaluation (finite):  every user once, its LAST max_len events, packed first-fit in order into rows; every
+                      process yields the same number of batches (empty rows fill the tail), so collectives line up.
 
 The training batches come from `TrainIterator` (input shards, each a grain stream); its `get_state()` /
 `set_state()` (saved with the checkpoints) make a resumed run see exactly the batches an uninterrupted run
@@ -204,17 +204,62 @@ class TrainIterator:
       self._its[s].set_state(state["shards"][str(s)])
 
 
-def eval_batches(source, *, names: Sequence[str], max_len: int, global_batch: int) -> Iterator[dict]:
-  """Every user of `source` once (its last max_len events), as this process's rows of each global batch."""
+def _pack_rows(users: list[dict[str, np.ndarray]], names: Sequence[str], max_len: int,
+               open_rows: int = 16) -> list[dict[str, np.ndarray]]:
+  """Users (in order) first-fit into the `open_rows` most recent [max_len] rows: segment ids, positions."""
+  plans, free = [], []
+  for u, user in enumerate(users):
+    n = len(user[names[0]])
+    for j in range(max(0, len(plans) - open_rows), len(plans)):
+      if free[j] >= n:
+        plans[j].append(u)
+        free[j] -= n
+        break
+    else:
+      plans.append([u])
+      free.append(max_len - n)
+  rows = []
+  for plan in plans:
+    row = padded_row({}, names, max_len)
+    at = 0
+    for seg, u in enumerate(plan, start=1):
+      n = len(users[u][names[0]])
+      for k in names:
+        row[k][at:at + n] = users[u][k]
+      row[SEGMENT_IDS][at:at + n] = seg
+      row[POSITIONS][at:at + n] = np.arange(n)
+      at += n
+    rows.append(row)
+  return rows
+
+
+def eval_batches(source, *, names: Sequence[str], max_len: int, global_batch: int,
+                 pack: bool = True) -> Iterator[dict]:
+  """Every user of `source` once (its last max_len events), as this process's rows of each global batch.
+
+  This process takes users p, p + P, ... and packs them into rows (pack=False: one user per row); every process
+  yields the same number of batches (empty rows and batches fill the tail) so that collectives line up. The
+  split is held in memory as rows: evaluation splits are meant to be small.
+  """
   local = local_batch_size(global_batch)
-  pi = jax.process_index()
+  pc, pi = jax.process_count(), jax.process_index()
   window = Window(names, max_len)
-  n = len(source)
-  for start in range(0, n, global_batch):
-    rows = []
-    for j in range(start + pi * local, start + (pi + 1) * local):
-      rows.append(padded_row(window(source[j]) if j < n else {}, names, max_len))
-    yield {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+  keys = list(range(pi, len(source), pc))
+  users = []
+  for start in range(0, len(keys), READ_BLOCK):
+    block = keys[start:start + READ_BLOCK]
+    records = source._getitems(block) if hasattr(source, "_getitems") else [source[k] for k in block]
+    users += [window(r) for r in records]
+  rows = _pack_rows(users, names, max_len) if pack else [padded_row(u, names, max_len) for u in users]
+  num_batches = -(-len(rows) // local)
+  if pc > 1:
+    from jax.experimental import multihost_utils
+    num_batches = int(np.max(multihost_utils.process_allgather(np.array([num_batches], np.int32))))
+  empty = padded_row({}, names, max_len)
+  for b in range(num_batches):
+    part = rows[b * local:(b + 1) * local]
+    part += [empty] * (local - len(part))
+    yield {k: np.stack([r[k] for r in part]) for k in empty}
 
 
 def to_global(local_batch: dict[str, np.ndarray], sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
