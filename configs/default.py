@@ -68,7 +68,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict(dict(batch_size=256, vocab_chunk=4096))
 
   # Parallelism: mesh sizes (-1 = all remaining devices) and logical -> mesh axis rules.
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # dcn_*: slices / hosts each axis spans over the data-center network (hybrid ICI x DCN mesh); 1 = single slice.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1))
   c.sharding = ml_collections.ConfigDict()
   c.sharding.rule_set = "fsdp_tensor"  # or fsdp | tensor | data_parallel (gpt_ads.sharding.RULE_SETS)
   c.sharding.rules = ()  # explicit ((logical, mesh axis or axes or None), ...) pairs replace the rule set

@@ -76,9 +76,33 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, ...]:
   return tuple(shape)
 
 
+def dcn_shape(mesh_cfg) -> tuple[int, ...]:
+  """`config.mesh.dcn_<axis>`: how many slices / hosts each mesh axis spans over the slow network (default 1)."""
+  shape = tuple(int(mesh_cfg.get(f"dcn_{a}", 1)) for a in MESH_AXES)
+  if any(s < 1 for s in shape):
+    raise ValueError(f"config.mesh.dcn_*: sizes must be >= 1, got {dict(zip(MESH_AXES, shape))}")
+  return shape
+
+
 def make_mesh(mesh_cfg, devices: Sequence[Any] | None = None) -> Mesh:
+  """The (data, fsdp, tensor) mesh. With dcn_* > 1 a hybrid mesh: each axis = ICI part x DCN part, so that
+  collectives of the fast axes stay inside a slice (TPU: `slice_index`; elsewhere one process = one granule)."""
   devices = list(jax.devices() if devices is None else devices)
   shape = mesh_shape(mesh_cfg, len(devices))
+  dcn = dcn_shape(mesh_cfg)
+  if any(d > 1 for d in dcn):
+    bad = [a for a, s, d in zip(MESH_AXES, shape, dcn) if s % d]
+    if bad:
+      raise ValueError(f"config.mesh: the sizes of {bad} are not divisible by their dcn_* sizes {dcn}")
+    ici = tuple(s // d for s, d in zip(shape, dcn))
+    per_slice = not hasattr(devices[0], "slice_index")
+    try:
+      grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices=devices, process_is_granule=per_slice)
+    except (ValueError, AssertionError) as e:
+      raise ValueError(f"config.mesh dcn sizes {dict(zip(MESH_AXES, dcn))} do not fit the "
+                       f"{'processes' if per_slice else 'slices'} of these {len(devices)} devices ({e}); "
+                       "their product must equal the number of slices (TPU) or processes") from None
+    return Mesh(grid, MESH_AXES)
   try:
     grid = mesh_utils.create_device_mesh(shape, devices=devices)
   except (ValueError, AssertionError):  # device kinds it has no layout for: plain order

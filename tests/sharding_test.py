@@ -81,7 +81,9 @@ def test_loss_is_the_same_on_one_device_and_on_an_fsdp_tensor_mesh(tmp_path):
 
 @pytest.mark.parametrize("sizes, msg", [(dict(data=3, fsdp=1, tensor=1), "3 devices but 8"),
                                         (dict(data=-1, fsdp=-1, tensor=1), "at most one axis"),
-                                        (dict(data=-1, fsdp=3, tensor=1), "not divisible by 3")])
+                                        (dict(data=-1, fsdp=3, tensor=1), "not divisible by 3"),
+                                        (dict(data=8, fsdp=1, tensor=1, dcn_data=2), "product must equal"),
+                                        (dict(data=8, fsdp=1, tensor=1, dcn_data=3), "not divisible by")])
 def test_bad_mesh_is_rejected(sizes, msg):
   with pytest.raises(ValueError, match=msg):
     sharding.make_mesh(sizes)

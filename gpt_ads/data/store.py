@@ -57,6 +57,9 @@ def _builder_class():
       name = TFDS_NAME
       VERSION = tfds.core.Version(TFDS_VERSION)
       RELEASE_NOTES = {TFDS_VERSION: "gpt_ads prepared events"}
+      # Records stay in generation order (the input pipeline shuffles); TFDS's on-disk shuffle would cost
+      # about as much as writing.
+      disable_shuffling = True
 
       def __init__(self, *, feature_names=(), label_names=(), split_records=None, **kwargs):
         self._feature_names, self._label_names = tuple(feature_names), tuple(label_names)
@@ -65,7 +68,8 @@ def _builder_class():
 
       def _info(self):
         feats = {"user_id": tfds.features.Text()}
-        feats.update({n: tfds.features.Tensor(shape=(None,), dtype=np.int32) for n in self._feature_names})
+        feats.update({n: tfds.features.Tensor(shape=(None,), dtype=np.int32, encoding=tfds.features.Encoding.BYTES)
+                      for n in self._feature_names})  # raw int32 bytes: ~20% faster to write, cheap to decode
         if self._label_names:
           feats["labels"] = tfds.features.FeaturesDict(
               {n: tfds.features.Scalar(dtype=np.float32) for n in self._label_names})
@@ -86,43 +90,64 @@ _BUILDER = None
 
 
 class _SplitCounter:
-  """Checks every record of one split as it streams past, counting users, events and (train) value counts."""
+  """Checks every record of one split as it streams past, counting users, events and (train) value counts.
+
+  Id ranges are checked and counted in batches of FLUSH_USERS users (vectorized); a bad id still stops the write
+  (nothing is kept) with the user named.
+  """
+  FLUSH_USERS = 4096
 
   def __init__(self, split: str, features: list[dict], label_names: tuple[str, ...]):
     self.split, self.features, self.label_names = split, features, label_names
     self.users, self.events, self.max_events = 0, 0, 0
     self.counts = {f["name"]: np.zeros(f["vocab_size"], np.int64) for f in features}
+    self._pending: list[dict] = []
 
   def wrap(self, records: Iterable[dict]) -> Iterator[dict]:
     for record in records:
       yield self.check(record)
+    self._flush()
+
+  def _where(self, user_id) -> str:
+    return f"split {self.split!r}, user {user_id!r}"
 
   def check(self, record: dict) -> dict:
-    where = f"split {self.split!r}, user {record.get('user_id', '?')!r}"
     out = {"user_id": str(record["user_id"])}
     n = None
     for f in self.features:
       name = f["name"]
       if name not in record:
-        raise ValueError(f"{where}: record has no feature {name!r}")
+        raise ValueError(f"{self._where(out['user_id'])}: record has no feature {name!r}")
       ids = np.asarray(record[name])
       if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"{where}, feature {name!r}: ids must be a 1-D integer array, got {ids.dtype}{ids.shape}")
+        raise ValueError(f"{self._where(out['user_id'])}, feature {name!r}: ids must be a 1-D integer array, got "
+                         f"{ids.dtype}{ids.shape}")
       n = len(ids) if n is None else n
       if len(ids) != n or n == 0:
-        raise ValueError(f"{where}: every feature needs the same, non-zero number of events")
-      lo, hi = int(ids.min()), int(ids.max())
-      if lo < features_lib.OOV_ID or hi >= f["vocab_size"]:
-        raise ValueError(f"{where}, feature {name!r}: ids must lie in [{features_lib.OOV_ID}, {f['vocab_size']}), "
-                         f"got [{lo}, {hi}]")
-      out[name] = ids.astype(np.int32)
-      if self.split == "train":
-        np.add.at(self.counts[name], ids, 1)  # O(events), not O(vocab) per user
+        raise ValueError(f"{self._where(out['user_id'])}: every feature needs the same, non-zero number of events")
+      out[name] = ids if ids.dtype == np.int32 else ids.astype(np.int32)
     if self.label_names:
       labels = record.get("labels", {})
       out["labels"] = {k: np.float32(labels.get(k, np.nan)) for k in self.label_names}
     self.users, self.events, self.max_events = self.users + 1, self.events + n, max(self.max_events, n)
+    self._pending.append(out)
+    if len(self._pending) >= self.FLUSH_USERS:
+      self._flush()
     return out
+
+  def _flush(self) -> None:
+    pending, self._pending = self._pending, []
+    if not pending:
+      return
+    for f in self.features:
+      name, v = f["name"], f["vocab_size"]
+      ids = np.concatenate([r[name] for r in pending])
+      if ids.min() < features_lib.OOV_ID or ids.max() >= v:
+        bad = next(r for r in pending if r[name].min() < features_lib.OOV_ID or r[name].max() >= v)
+        raise ValueError(f"{self._where(bad['user_id'])}, feature {name!r}: ids must lie in "
+                         f"[{features_lib.OOV_ID}, {v}), got [{bad[name].min()}, {bad[name].max()}]")
+      if self.split == "train":
+        self.counts[name] += np.bincount(ids, minlength=v)
 
 
 def write(out_dir: str, *, features: list[dict], splits: dict[str, Callable[[], Iterable[dict]]],
@@ -306,7 +331,7 @@ class SplitSource:
   def _decode(self, serialized: bytes) -> dict:
     from tensorflow_datasets.proto import tf_example_pb2
     f = tf_example_pb2.Example.FromString(serialized).features.feature
-    out = {k: np.asarray(f[k].int64_list.value, np.int32) for k in self._names}
+    out = {k: np.frombuffer(f[k].bytes_list.value[0], "<i4").astype(np.int32) for k in self._names}
     out["user_id"] = f["user_id"].bytes_list.value[0]
     if self._labels:
       out["labels"] = {k: float(f[f"labels/{k}"].float_list.value[0]) for k in self._labels}
