@@ -8,7 +8,7 @@ losses on the test users: the Bayes-optimal factorized and joint losses and the 
 The schema: names, vocabulary sizes and loss kinds come from the data set's schema.json; the model-side settings
 (embed_dim, num_negatives, sampler, tied, weight) from `config.schema.defaults`, overridden per feature by
 `config.schema.features.<name>` for the features the data has (entries for features it lacks are ignored, with a
-warning: the default config lists the generated data's features).
+warning, and so are their vocab_size / loss: the default config lists the generated data's features).
 """
 
 import dataclasses
@@ -76,10 +76,9 @@ def schema_for(prepared: store.Prepared, config) -> features_lib.Schema:
     if unknown:
       raise ValueError(f"config.schema.features.{f['name']} has unknown keys {unknown}; "
                        f"allowed: {sorted(_DATA_KEYS + _MODEL_KEYS)}")
-    for k in _DATA_KEYS:
+    for k in _DATA_KEYS:  # the data decides (the default config's entries carry the generated data's values)
       if k in o and o[k] != f[k]:
-        raise ValueError(f"config.schema.features.{f['name']}.{k}={o[k]!r} but the data set {prepared.path} has "
-                         f"{f[k]!r}; the data decides {k} (prepare the data again to change it)")
+        logging.info("config.schema.features.%s.%s=%r ignored: the data set has %r", f["name"], k, o[k], f[k])
     model_side = {k: o.get(k, defaults[k]) for k in _MODEL_KEYS if k in o or k in defaults}
     specs.append(features_lib.FeatureSpec(name=f["name"], vocab_size=int(f["vocab_size"]), loss=f["loss"],
                                           **model_side))

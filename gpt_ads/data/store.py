@@ -6,7 +6,7 @@
 One record per user: {"user_id": str, <feature>: int32 [n] ids (NUM_RESERVED.. real values, OOV_ID unknown,
 never PAD), "labels": {<label>: float32} (only when the data set has labels)}, events in time order.
 
-schema.json (format "gpt_ads.prepared/1"):
+schema.json (format "gpt_ads.prepared/2"):
   features  [{name, vocab_size, loss, counts (per id, over TRAINING events), vocabulary {kind, ...}, ...}] in
             schema order; `vocabulary` says how raw values map to ids (see gpt_ads.data.prepare);
   labels    {name: {kind: "numeric"} | {kind: "categorical", classes: [...]}} (class i is stored as float i);
@@ -35,7 +35,7 @@ import numpy as np
 
 from gpt_ads import features as features_lib
 
-FORMAT = "gpt_ads.prepared/1"
+FORMAT = "gpt_ads.prepared/2"  # 2: ids stored as raw int32 bytes
 SCHEMA_FILE = "schema.json"
 SPLITS = ("train", "validation", "test")
 TFDS_NAME, TFDS_VERSION = "gpt_ads_events", "1.0.0"
