@@ -135,3 +135,14 @@ def test_input_shards_give_the_same_global_batches_and_states_on_any_process_lay
     _stream(seed=2).set_state(state)
   with pytest.raises(ValueError, match="divide"):
     _stream(num_shards=3)
+
+
+def test_multiprocess_prefetch_gives_the_same_batches():
+  from absl import flags
+  flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags
+  a = _stream(seed=4)
+  b = pipeline.TrainIterator(_Source(), names=("a", "b"), max_len=MAX_LEN, global_batch=8, seed=4, num_workers=1)
+  for _ in range(3):
+    x, y = next(a), next(b)
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
