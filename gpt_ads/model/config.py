@@ -11,6 +11,9 @@ REMAT_POLICIES = {
     "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs only
 }
 
+# Sequence backbones selectable in `config.model.backbone` (see gpt_ads.model.model).
+BACKBONES = ("transformer", "lstm")
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -25,6 +28,7 @@ class ModelConfig:
     remat: one of REMAT_POLICIES.
     scan_layers: scan the blocks (flat compile time) or unroll them.
     vocab_pad_multiple: vocabulary tables are padded to a multiple of this.
+    backbone: "transformer" (Decoder) or "lstm" (RecurrentDecoder; num_heads and mlp_dim are then unused).
   """
   d_model: int = 128
   num_layers: int = 4
@@ -37,6 +41,7 @@ class ModelConfig:
   remat: str = "none"
   scan_layers: bool = True
   vocab_pad_multiple: int = 128
+  backbone: str = "transformer"
 
   def __post_init__(self):
     if self.d_model % self.num_heads:
@@ -47,6 +52,8 @@ class ModelConfig:
       raise ValueError(f"config.model.remat={self.remat!r} must be one of {sorted(REMAT_POLICIES)}")
     if self.dtype not in ("float32", "bfloat16"):
       raise ValueError(f"config.model.dtype={self.dtype!r} must be 'float32' or 'bfloat16'")
+    if self.backbone not in BACKBONES:
+      raise ValueError(f"config.model.backbone={self.backbone!r} must be one of {list(BACKBONES)}")
 
   @classmethod
   def from_config(cls, model_cfg) -> "ModelConfig":

@@ -1,4 +1,4 @@
-"""Model = FeatureEmbed -> Decoder -> FeatureHeads, used as pure `init` / `apply`.
+"""Model = FeatureEmbed -> Decoder (or RecurrentDecoder, by `cfg.backbone`) -> FeatureHeads, as pure `init` / `apply`.
 
     outputs, hidden = Model(schema, cfg).apply({"params": params}, batch)
 
@@ -17,6 +17,7 @@ from gpt_ads.model.config import ModelConfig
 from gpt_ads.model.decoder import Decoder
 from gpt_ads.model.embed import FeatureEmbed
 from gpt_ads.model.heads import FeatureHeads
+from gpt_ads.model.recurrent import RecurrentDecoder
 
 
 class Model(nn.Module):
@@ -32,7 +33,8 @@ class Model(nn.Module):
   def __call__(self, batch: dict[str, jax.Array], *, deterministic: bool = True):
     x = FeatureEmbed(self.schema, self.cfg, name="embed")(batch)  # [b, t, d]
     x = nn.Dropout(self.cfg.dropout)(x, deterministic=deterministic)
-    hidden = Decoder(self.cfg, deterministic, name="decoder")(x, batch["segment_ids"])  # [b, t, d]
+    backbone = RecurrentDecoder if self.cfg.backbone == "lstm" else Decoder
+    hidden = backbone(self.cfg, deterministic, name="decoder")(x, batch["segment_ids"])  # [b, t, d]
     outputs = FeatureHeads(self.schema, self.cfg, name="heads")(hidden)
     return outputs, hidden.astype(jnp.float32)
 
