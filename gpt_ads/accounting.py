@@ -12,6 +12,7 @@ Training FLOPs per input position (forward + backward = 3 x forward, a multiply-
                                                    skip masked keys, so all t count), x 3 for training
   + Σ_softmax 6 * d * V_j                          dense logits
   + Σ_sampled 6 * e_j * (n_j + 1)                  scoring the label and n_j shared negatives
+With `model.backbone="lstm"` there is no attention term (its gate matmuls are in 6 N).
 Evaluation with the exact full softmax is not counted. Checked against XLA's cost analysis of the compiled
 train step (`tests/accounting_test.py`: within 4% on d=64..256; XLA also counts norms, softmaxes and the AdamW
 update, which the formula leaves out). XLA counts a `scan` body once, so compare with `scan_layers=False`.
@@ -52,7 +53,9 @@ def param_counts(params, schema: features_lib.Schema) -> dict[str, int]:
 
 def flops_per_position(model_cfg, schema: features_lib.Schema, non_embedding_params: int, seq_len: int) -> float:
   """Training FLOPs per input position (see the module docstring)."""
-  flops = 6.0 * non_embedding_params + 12.0 * model_cfg.num_layers * seq_len * model_cfg.d_model
+  flops = 6.0 * non_embedding_params
+  if model_cfg.backbone == "transformer":  # the LSTM backbone has no attention term
+    flops += 12.0 * model_cfg.num_layers * seq_len * model_cfg.d_model
   for f in schema:
     if f.sampled:
       flops += 6.0 * f.embed_dim * (f.num_negatives + 1)

@@ -1,0 +1,150 @@
+"""`gpt-ads-sweep --sweep=configs/sweeps/NAME.py[:ARGS] --workdir=DIR [--print_commands]`.
+
+A sweep file defines `get_sweep(arg) -> [run, ...]`; a run is {"name", "config" (a config file path), "arg" (its
+`get_config` argument), "overrides" ({dotted key: value})}, usually built with `grid`. Each run trains in
+`DIR/runs/<name>`: runs one after another here (resumable: a run with an eval.json is skipped, a half-done run
+resumes from its checkpoints), or `--print_commands` prints one `gpt-ads-train` command per run for a cluster.
+Every finished run's eval.json is gathered into `DIR/results.csv` (one row per run).
+"""
+
+import csv
+import importlib.util
+import itertools
+import json
+import os
+import shlex
+import sys
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """CLI flags, defined only by `run()` (sweep files import this module for `grid`)."""
+  flags.DEFINE_string("sweep", None, "Sweep file[:ARGS] (get_sweep(arg) -> runs).")
+  flags.DEFINE_string("workdir", None, "Sweep directory: runs/<name>/ and results.csv.")
+  flags.DEFINE_bool("print_commands", False, "Print one gpt-ads-train command per run instead of running.")
+  flags.DEFINE_string("only", None, "Comma-separated run names to run (default: all).")
+  flags.mark_flags_as_required(["sweep", "workdir"])
+
+RESULT_KEYS = ("test_loss", "gap_closed", "non_embedding_params", "params", "train_flops", "flops_per_position",
+               "events_per_sec", "step", "bayes_factorized_loss", "unigram_loss")
+
+
+def grid(*, config: str, overrides: dict | None = None, **axes) -> list[dict]:
+  """The product of `axes` ({name: [values]}); axis "size" / "run" go to the config argument, dotted names to
+  overrides. Run names join the varied values: e.g. size=nano,train.batch_size=64 -> "nano_bs64"-like names."""
+  keys = list(axes)
+  runs = []
+  for values in itertools.product(*(axes[k] if isinstance(axes[k], (list, tuple)) else [axes[k]] for k in keys)):
+    arg, over = [], dict(overrides or {})
+    for k, v in zip(keys, values):
+      if "." in k:
+        over[k] = v
+      else:
+        arg.append(f"{k}={v}")
+    name = "_".join(f"{k.split('.')[-1]}-{v}" if "." in k else str(v) for k, v in zip(keys, values)) or "run"
+    runs.append({"name": name, "config": config, "arg": ",".join(arg), "overrides": over})
+  return runs
+
+
+def _load_module(path: str, what: str):
+  if not os.path.isfile(path):
+    raise ValueError(f"{what} {path!r} does not exist")
+  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def load_sweep(spec: str) -> list[dict]:
+  path, _, arg = spec.partition(":")
+  runs = _load_module(path, "--sweep").get_sweep(arg or None)
+  names = [r["name"] for r in runs]
+  if len(set(names)) != len(names):
+    raise ValueError(f"--sweep={spec}: run names must be unique, got {names}")
+  return runs
+
+
+def run_config(run: dict):
+  """The ml_collections config of one run (its config file's get_config(arg) with the overrides applied)."""
+  config = _load_module(run["config"], "config").get_config(run.get("arg") or None)
+  for key, value in run.get("overrides", {}).items():
+    node = config
+    *path, last = key.split(".")
+    for p in path:
+      node = node[p]
+    if last not in node:
+      raise ValueError(f"run {run['name']!r}: override {key} names no config key")
+    node[last] = value
+  return config
+
+
+def command(run: dict, workdir: str) -> str:
+  cfg = run["config"] + (f":{run['arg']}" if run.get("arg") else "")
+  parts = ["gpt-ads-train", f"--config={cfg}", f"--workdir={os.path.join(workdir, 'runs', run['name'])}"]
+  parts += [f"--config.{k}={v}" for k, v in run.get("overrides", {}).items()]
+  return " ".join(shlex.quote(p) for p in parts)
+
+
+def gather(runs: list[dict], workdir: str) -> str:
+  """Writes DIR/results.csv from the finished runs' eval.json; returns its path."""
+  path = os.path.join(workdir, "results.csv")
+  rows = []
+  for run in runs:
+    ev_path = os.path.join(workdir, "runs", run["name"], "eval.json")
+    if not os.path.exists(ev_path):
+      continue
+    with open(ev_path) as f:
+      ev = json.load(f)
+    rows.append({"name": run["name"], "config": run["config"], "arg": run.get("arg", ""),
+                 "overrides": json.dumps(run.get("overrides", {}), sort_keys=True),
+                 **{k: ev.get(k) for k in RESULT_KEYS}})
+  with open(path + ".tmp", "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=["name", "config", "arg", "overrides", *RESULT_KEYS])
+    writer.writeheader()
+    writer.writerows(rows)
+  os.replace(path + ".tmp", path)
+  return path
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  try:
+    runs = load_sweep(FLAGS.sweep)
+    if FLAGS.only:
+      wanted = set(FLAGS.only.split(","))
+      unknown = wanted - {r["name"] for r in runs}
+      if unknown:
+        raise ValueError(f"--only names unknown runs {sorted(unknown)}")
+      runs = [r for r in runs if r["name"] in wanted]
+    if FLAGS.print_commands:
+      for run in runs:
+        print(command(run, FLAGS.workdir))
+      return
+    from gpt_ads import train
+    for i, run in enumerate(runs, 1):
+      run_dir = os.path.join(FLAGS.workdir, "runs", run["name"])
+      if os.path.exists(os.path.join(run_dir, "eval.json")):
+        print(f"[{i}/{len(runs)}] {run['name']}: done, skipped")
+        continue
+      print(f"[{i}/{len(runs)}] {run['name']}: {command(run, FLAGS.workdir)}", flush=True)
+      result = train.train_and_evaluate(run_config(run), run_dir)
+      print(f"[{i}/{len(runs)}] {run['name']}: test_loss={result['test_loss']:.4f}", flush=True)
+    print(f"wrote {gather(runs, FLAGS.workdir)}")
+  except (ValueError, FloatingPointError) as e:
+    print(f"gpt-ads-sweep: error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run():
+  _define_flags()
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,50 @@
+"""gpt-ads-sweep: expands a sweep, runs it resumably, gathers results.csv, or prints cluster commands."""
+
+import csv
+import os
+import subprocess
+import sys
+
+from conftest import TINY
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _sweep_file(tmp_path):
+  path = tmp_path / "tiny_sweep.py"
+  overrides = {**TINY, "train.num_steps": 4, "train.eval_every": 0, "train.checkpoint_every": 1000}
+  path.write_text(
+      "from gpt_ads.sweep import grid\n\n\n"
+      "def get_sweep(arg=None):\n"
+      f"  return grid(config='configs/default.py', size=['nano', 'micro'], overrides={overrides!r})\n")
+  return str(path)
+
+
+def _run(*args):
+  return subprocess.run([sys.executable, "-m", "gpt_ads.sweep", *args], cwd=ROOT, capture_output=True, text=True,
+                        timeout=600, env={**os.environ, "XLA_FLAGS": ""})
+
+
+def test_sweep_runs_resumes_and_gathers(tmp_path):
+  sweep, workdir = _sweep_file(tmp_path), str(tmp_path / "sweep")
+  printed = _run(f"--sweep={sweep}", f"--workdir={workdir}", "--print_commands")
+  assert printed.returncode == 0, printed.stderr[-2000:]
+  lines = printed.stdout.strip().splitlines()
+  assert len(lines) == 2 and all(line.startswith("gpt-ads-train --config=configs/default.py:size=") for line in lines)
+  assert "--config.train.num_steps=4" in lines[0] and not os.path.exists(workdir)
+
+  first = _run(f"--sweep={sweep}", f"--workdir={workdir}")
+  assert first.returncode == 0, first.stderr[-3000:]
+  with open(os.path.join(workdir, "results.csv")) as f:
+    rows = list(csv.DictReader(f))
+  assert [r["name"] for r in rows] == ["nano", "micro"]
+  assert float(rows[0]["non_embedding_params"]) < float(rows[1]["non_embedding_params"])
+  assert all(float(r["test_loss"]) > 0 and float(r["train_flops"]) > 0 for r in rows)
+
+  again = _run(f"--sweep={sweep}", f"--workdir={workdir}")
+  assert again.returncode == 0 and again.stdout.count("done, skipped") == 2
+
+
+def test_bad_sweep_is_one_line(tmp_path):
+  proc = _run(f"--sweep={tmp_path}/missing.py", f"--workdir={tmp_path}")
+  assert proc.returncode == 2 and "gpt-ads-sweep: error:" in proc.stderr and "Traceback" not in proc.stderr
