@@ -1,7 +1,9 @@
 """`gpt-ads-sweep --sweep=configs/sweeps/NAME.py[:ARGS] --workdir=DIR [--print_commands]`.
 
 A sweep file defines `get_sweep(arg) -> [run, ...]`; a run is {"name", "config" (a config file path), "arg" (its
-`get_config` argument), "overrides" ({dotted key: value})}, usually built with `grid`. Each run trains in
+`get_config` argument), "overrides" ({dotted key: value}), optionally "flops_budget" (training FLOPs: the run
+gets the steps that spend them, so model size trades against steps at fixed compute)}, usually built with
+`grid`; data fractions are `data.num_train_users` values. Each run trains in
 `DIR/runs/<name>`: runs one after another here (resumable: a run with an eval.json is skipped, a half-done run
 resumes from its checkpoints), or `--print_commands` prints one `gpt-ads-train` command per run for a cluster.
 Every finished run's eval.json is gathered into `DIR/results.csv` (one row per run).
@@ -39,14 +41,26 @@ def grid(*, config: str, overrides: dict | None = None, **axes) -> list[dict]:
   runs = []
   for values in itertools.product(*(axes[k] if isinstance(axes[k], (list, tuple)) else [axes[k]] for k in keys)):
     arg, over = [], dict(overrides or {})
+    budget = None
     for k, v in zip(keys, values):
-      if "." in k:
+      if k == "flops_budget":
+        budget = float(v)
+      elif "." in k:
         over[k] = v
       else:
         arg.append(f"{k}={v}")
-    name = "_".join(f"{k.split('.')[-1]}-{v}" if "." in k else str(v) for k, v in zip(keys, values)) or "run"
-    runs.append({"name": name, "config": config, "arg": ",".join(arg), "overrides": over})
+    name = "_".join(_name_part(k, v) for k, v in zip(keys, values)) or "run"
+    run = {"name": name, "config": config, "arg": ",".join(arg), "overrides": over}
+    if budget is not None:
+      run["flops_budget"] = budget
+    runs.append(run)
   return runs
+
+
+def _name_part(key: str, value) -> str:
+  if key == "flops_budget":
+    return "flops" + f"{float(value):.0e}".replace("+", "")
+  return f"{key.split('.')[-1]}-{value}" if "." in key else str(value)
 
 
 def _load_module(path: str, what: str):
@@ -67,8 +81,21 @@ def load_sweep(spec: str) -> list[dict]:
   return runs
 
 
+def steps_for_budget(config, budget: float) -> int:
+  """Training steps that spend `budget` FLOPs (gpt_ads.accounting's formula) with this config's model and batch."""
+  from gpt_ads import accounting, features
+  from gpt_ads.model import Model, ModelConfig
+  schema = features.Schema.from_config(config.schema.features)
+  model = Model(schema, ModelConfig.from_config(config.model))
+  n = accounting.param_counts(accounting.abstract_params(model), schema)["non_embedding_params"]
+  t = config.model.max_len
+  per_step = accounting.flops_per_position(model.cfg, schema, n, t) * config.train.batch_size * t
+  return max(1, int(round(budget / per_step)))
+
+
 def run_config(run: dict):
-  """The ml_collections config of one run (its config file's get_config(arg) with the overrides applied)."""
+  """The ml_collections config of one run (its config file's get_config(arg) with the overrides applied; a run
+  with a "flops_budget" gets the number of steps that spends it, and warmup capped at a tenth of them)."""
   config = _load_module(run["config"], "config").get_config(run.get("arg") or None)
   for key, value in run.get("overrides", {}).items():
     node = config
@@ -78,6 +105,9 @@ def run_config(run: dict):
     if last not in node:
       raise ValueError(f"run {run['name']!r}: override {key} names no config key")
     node[last] = value
+  if run.get("flops_budget"):
+    config.train.num_steps = steps_for_budget(config, run["flops_budget"])
+    config.train.warmup_steps = min(config.train.warmup_steps, max(1, config.train.num_steps // 10))
   return config
 
 
@@ -85,6 +115,10 @@ def command(run: dict, workdir: str) -> str:
   cfg = run["config"] + (f":{run['arg']}" if run.get("arg") else "")
   parts = ["gpt-ads-train", f"--config={cfg}", f"--workdir={os.path.join(workdir, 'runs', run['name'])}"]
   parts += [f"--config.{k}={v}" for k, v in run.get("overrides", {}).items()]
+  if run.get("flops_budget"):
+    config = run_config(run)
+    parts += [f"--config.train.num_steps={config.train.num_steps}",
+              f"--config.train.warmup_steps={config.train.warmup_steps}"]
   return " ".join(shlex.quote(p) for p in parts)
 
 

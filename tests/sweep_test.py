@@ -48,3 +48,15 @@ def test_sweep_runs_resumes_and_gathers(tmp_path):
 def test_bad_sweep_is_one_line(tmp_path):
   proc = _run(f"--sweep={tmp_path}/missing.py", f"--workdir={tmp_path}")
   assert proc.returncode == 2 and "gpt-ads-sweep: error:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_flops_budget_sets_the_steps_that_spend_it():
+  from gpt_ads import sweep
+  runs = sweep.grid(config="configs/default.py", size=["nano", "micro"], flops_budget=[1e12],
+                    overrides={"train.batch_size": 32})
+  assert [r["name"] for r in runs] == ["nano_flops1e12", "micro_flops1e12"]
+  steps = [sweep.run_config(r).train.num_steps for r in runs]
+  assert steps[0] > steps[1] > 0  # the bigger model gets fewer steps for the same compute
+  spent = [s * sweep.run_config(r).train.batch_size for s, r in zip(steps, runs)]
+  assert all(x > 0 for x in spent)
+  assert "--config.train.num_steps=" in sweep.command(runs[0], "/tmp/w")
