@@ -6,7 +6,8 @@ gets the steps that spend them, so model size trades against steps at fixed comp
 `grid`; data fractions are `data.num_train_users` values. Each run trains in
 `DIR/runs/<name>`: runs one after another here (resumable: a run with an eval.json is skipped, a half-done run
 resumes from its checkpoints), or `--print_commands` prints one `gpt-ads-train` command per run for a cluster.
-Every finished run's eval.json is gathered into `DIR/results.csv` (one row per run).
+Every finished run's eval.json is gathered into `DIR/results.csv` (one row per run), and `gpt_ads.scaling` fits
+and plots them into `DIR/REPORT.md` (+ fit.json, PNGs).
 """
 
 import csv
@@ -31,7 +32,7 @@ def _define_flags() -> None:
   flags.mark_flags_as_required(["sweep", "workdir"])
 
 RESULT_KEYS = ("test_loss", "gap_closed", "non_embedding_params", "params", "train_flops", "flops_per_position",
-               "events_per_sec", "step", "bayes_factorized_loss", "unigram_loss")
+               "events_per_sec", "step", "bayes_factorized_loss", "unigram_loss", "devices", "train_seconds")
 
 
 def grid(*, config: str, overrides: dict | None = None, **axes) -> list[dict]:
@@ -170,6 +171,8 @@ def main(argv):
       result = train.train_and_evaluate(run_config(run), run_dir)
       print(f"[{i}/{len(runs)}] {run['name']}: test_loss={result['test_loss']:.4f}", flush=True)
     print(f"wrote {gather(runs, FLAGS.workdir)}")
+    from gpt_ads import scaling
+    print(f"wrote {scaling.report(FLAGS.workdir)}")
   except (ValueError, FloatingPointError) as e:
     print(f"gpt-ads-sweep: error: {e}", file=sys.stderr)
     sys.exit(2)

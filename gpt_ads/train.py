@@ -201,6 +201,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       "flops_per_position": flops_per_position,
       "train_flops": flops_per_position * config.train.batch_size * seq_len * num_steps,
       "events_per_sec": events / train_seconds if train_seconds else None,
+      "train_seconds": train_seconds,
+      "devices": jax.device_count(),
   }
   if data.references is not None:
     ref = data.references
