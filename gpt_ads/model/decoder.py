@@ -10,6 +10,23 @@ from gpt_ads.model.block import DecoderBlock
 from gpt_ads.model.config import REMAT_POLICIES, ModelConfig
 from gpt_ads.model.layers import RMSNorm
 
+def stack_layers(block, cfg: ModelConfig, deterministic: bool, x: jax.Array, side: jax.Array) -> jax.Array:
+  """`cfg.num_layers` copies of `block` ((cfg, deterministic) -> (x, side) -> (x, None)), rematerialized by
+  `cfg.remat` and scanned (params stacked on a "layers" axis, flat compile time) or unrolled. Call it from a
+  compact module: the layers become that module's children ("layers" or "layer_<i>")."""
+  if cfg.remat != "none":
+    block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+  if cfg.scan_layers:
+    stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                    in_axes=(nn.broadcast,), length=cfg.num_layers,
+                    metadata_params={nn.PARTITION_NAME: axes.P_LAYERS})
+    x, _ = stack(cfg, deterministic, name="layers")(x, side)
+    return x
+  for i in range(cfg.num_layers):
+    x, _ = block(cfg, deterministic, name=f"layer_{i}")(x, side)
+  return x
+
+
 class Decoder(nn.Module):
   """[b, t, d] embeddings + [b, t] segment ids -> [b, t, d] final (normed) hidden states.
 
@@ -24,15 +41,5 @@ class Decoder(nn.Module):
   def __call__(self, x: jax.Array, segment_ids: jax.Array) -> jax.Array:
     cfg = self.cfg
     mask = attention_mask(segment_ids)  # [b, 1, t, s]
-    block = DecoderBlock
-    if cfg.remat != "none":
-      block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
-    if cfg.scan_layers:
-      stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                      in_axes=(nn.broadcast,), length=cfg.num_layers,
-                      metadata_params={nn.PARTITION_NAME: axes.P_LAYERS})
-      x, _ = stack(cfg, self.deterministic, name="layers")(x, mask)
-    else:
-      for i in range(cfg.num_layers):
-        x, _ = block(cfg, self.deterministic, name=f"layer_{i}")(x, mask)
+    x = stack_layers(DecoderBlock, cfg, self.deterministic, x, mask)
     return RMSNorm(dtype=jnp.dtype(cfg.dtype), name="final_norm")(x)

@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 
 from gpt_ads.model import axes
-from gpt_ads.model.config import REMAT_POLICIES, ModelConfig
+from gpt_ads.model.config import ModelConfig
+from gpt_ads.model.decoder import stack_layers
 from gpt_ads.model.layers import Dense, RMSNorm, einsum
 
 
@@ -99,15 +100,5 @@ class RecurrentDecoder(nn.Module):
   def __call__(self, x: jax.Array, segment_ids: jax.Array) -> jax.Array:
     cfg = self.cfg
     reset = segment_starts(segment_ids)  # [b, t]
-    block = LstmBlock
-    if cfg.remat != "none":
-      block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
-    if cfg.scan_layers:
-      stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                      in_axes=(nn.broadcast,), length=cfg.num_layers,
-                      metadata_params={nn.PARTITION_NAME: axes.P_LAYERS})
-      x, _ = stack(cfg, self.deterministic, name="layers")(x, reset)
-    else:
-      for i in range(cfg.num_layers):
-        x, _ = block(cfg, self.deterministic, name=f"layer_{i}")(x, reset)
+    x = stack_layers(LstmBlock, cfg, self.deterministic, x, reset)
     return RMSNorm(dtype=jnp.dtype(cfg.dtype), name="final_norm")(x)
