@@ -25,10 +25,10 @@ MODEL_SIZES = {
 # Run recipes (steps, batch, learning rate, data size). "demo": the README's ≤ 10-minute CPU run (gap_closed
 # 0.909 in 9 min 14 s on 2 cores); "long": the ≤ 60-minute CPU run (gap_closed 0.952 in 57 minutes; README Results).
 RUNS = {
-    "demo": dict(size="small", num_steps=1000, batch_size=64, learning_rate=2e-3, warmup_steps=100,
+    "demo": dict(size="small", num_steps=800, batch_size=64, learning_rate=2e-3, warmup_steps=100,
                  num_train_users=100_000),
-    "long": dict(size="small", num_steps=7000, batch_size=64, learning_rate=2e-3, warmup_steps=300,
-                 num_train_users=400_000),
+    "long": dict(size="small", num_steps=3000, batch_size=64, learning_rate=2e-3, warmup_steps=300,
+                 num_train_users=300_000),
 }
 
 
@@ -83,10 +83,10 @@ def validate(config) -> None:
   d = config.data
   if d.packing_bins < 0 or d.read_threads < 1 or d.num_workers < 0 or d.num_shards < 0:
     raise ValueError("config.data.packing_bins, num_shards and num_workers must be >= 0, read_threads >= 1")
-  unknown = sorted(set(config.schema.defaults) - {"embed_dim", "num_negatives", "sampler", "tied", "weight"})
+  unknown = sorted(set(config.schema.defaults) - set(features.MODEL_SIDE_KEYS))
   if unknown:
-    raise ValueError(f"config.schema.defaults has unknown keys {unknown}; allowed: embed_dim, num_negatives, "
-                     "sampler, tied, weight")
+    raise ValueError(f"config.schema.defaults has unknown keys {unknown}; allowed: "
+                     f"{', '.join(features.MODEL_SIDE_KEYS)}")
   if config.eval.vocab_chunk < 1:
     raise ValueError("config.eval.vocab_chunk must be >= 1")
   ModelConfig.from_config(config.model)  # raises on a bad model setting

@@ -23,6 +23,7 @@ OOV_ID = 1
 NUM_RESERVED = 2
 
 LOSS_KINDS = ("softmax", "sampled_softmax")
+MODEL_SIDE_KEYS = ("embed_dim", "num_negatives", "sampler", "tied", "weight", "copy_lags")  # set by the config
 SAMPLERS = ("uniform", "log_uniform", "unigram", "in_batch")
 
 
@@ -41,6 +42,9 @@ class FeatureSpec:
       exact for the first three, the unigram estimate for "in_batch".
     tied: sampled_softmax head scores against the input embedding table (True) or its own table (False).
     weight: multiplier of this feature's term in the training loss (evaluation always reports it unweighted).
+    copy_lags: sampled_softmax only: > 0 adds a learned, history-dependent logit bonus to the values of the
+      user's last `copy_lags` events (a copy / repeat term, as for retargeted ads: "the same ad again" is
+      scored directly instead of through the embedding geometry). 0 = off.
   """
   name: str
   vocab_size: int
@@ -50,6 +54,7 @@ class FeatureSpec:
   sampler: str = "log_uniform"
   tied: bool = True
   weight: float = 1.0
+  copy_lags: int = 0
 
   @property
   def sampled(self) -> bool:
@@ -140,3 +145,5 @@ def _validate(schema: Schema) -> None:
         raise ValueError(f"{where}: sampler={f.sampler!r} is not one of {SAMPLERS}")
       if f.num_negatives <= 0:
         raise ValueError(f"{where}: num_negatives must be positive")
+    if f.copy_lags < 0 or (f.copy_lags and not f.sampled):
+      raise ValueError(f"{where}: copy_lags={f.copy_lags} must be 0, or > 0 on a sampled_softmax feature")

@@ -6,7 +6,7 @@ Einsum letters: b batch, t time, e embedding width, v vocabulary, n negatives, c
 import jax
 import jax.numpy as jnp
 
-from gpt_ads.model.heads import NEG_INF, valid_ids
+from gpt_ads.model.heads import NEG_INF, copy_bonus, valid_ids
 
 
 def softmax_xent(*, logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -17,7 +17,8 @@ def softmax_xent(*, logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def sampled_softmax(*, query: jax.Array, labels: jax.Array, table: jax.Array, bias: jax.Array,
-                    neg_ids: jax.Array, neg_log_q: jax.Array, pos_log_q: jax.Array) -> jax.Array:
+                    neg_ids: jax.Array, neg_log_q: jax.Array, pos_log_q: jax.Array,
+                    copy: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
   """Sampled softmax with shared negatives, logQ correction and accidental-hit masking.
 
   Every logit s(id) = query . table[id] + bias[id] is corrected by subtracting log Q(id), the log expected
@@ -27,6 +28,7 @@ def sampled_softmax(*, query: jax.Array, labels: jax.Array, table: jax.Array, bi
   Args:
     query: [b, t, e]; labels: [b, t]; table: [v, e]; bias: [v].
     neg_ids: [n] negatives shared by the batch; neg_log_q: [n] their log Q; pos_log_q: [b, t] log Q of labels.
+    copy: (gates [b, t, k], recent ids [b, t, k]) of the feature's copy term, or None.
   Returns:
     nll [b, t].
   """
@@ -35,21 +37,26 @@ def sampled_softmax(*, query: jax.Array, labels: jax.Array, table: jax.Array, bi
   pos = pos + jnp.take(bias, labels) - pos_log_q  # [b, t]
   neg = jnp.einsum("bte,ne->btn", query, jnp.take(table, neg_ids, axis=0).astype(jnp.float32))
   neg = neg + jnp.take(bias, neg_ids)[None, None] - neg_log_q[None, None]  # [b, t, n]
+  if copy is not None:
+    pos = pos + copy_bonus(*copy, labels)
+    neg = neg + copy_bonus(*copy, neg_ids)
   neg = jnp.where(neg_ids[None, None, :] == labels[..., None], NEG_INF, neg)
   logits = jnp.concatenate([pos[..., None], neg], axis=-1)  # [b, t, 1 + n]
   return jax.nn.logsumexp(logits, axis=-1) - pos
 
 
-def full_softmax_nll_chunked(*, query: jax.Array, labels: jax.Array, table: jax.Array, bias: jax.Array,
-                             vocab_size: int, chunk: int) -> jax.Array:
-  """EXACT full-vocabulary NLL of a sampled feature, in vocabulary chunks (memory O(b t c), not O(b t v)).
+def log_normalizer_chunked(*, query: jax.Array, table: jax.Array, bias: jax.Array, vocab_size: int, chunk: int,
+                           copy: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+  """log Σ_id exp(query · table[id] + bias[id] (+ copy term)) over the valid ids, in vocabulary chunks (memory
+  O(b t c), not O(b t v)) with an online logsumexp.
 
   Args:
-    query: [b, t, e]; labels: [b, t]; table: [v, e] (v a multiple of `chunk` or padded here); bias: [v].
-    vocab_size: the feature's true vocabulary (ids >= it, and PAD, are excluded from the normalizer).
+    query: [b, t, e]; table: [v, e] (padded here to a multiple of `chunk`); bias: [v].
+    vocab_size: the feature's true vocabulary (ids >= it, and PAD, are excluded).
     chunk: ids scored at a time.
+    copy: (gates [b, t, k], recent ids [b, t, k]) of the feature's copy term, or None.
   Returns:
-    nll [b, t].
+    [b, t].
   """
   query = query.astype(jnp.float32)
   v = table.shape[0]
@@ -58,17 +65,41 @@ def full_softmax_nll_chunked(*, query: jax.Array, labels: jax.Array, table: jax.
   valid = jnp.pad(valid_ids(vocab_size, v), (0, pad))
   table = jnp.pad(table, ((0, pad), (0, 0))).reshape(num_chunks, chunk, -1)  # [k, c, e]
   bias = jnp.where(valid, jnp.pad(bias, (0, pad)), NEG_INF).reshape(num_chunks, chunk)  # [k, c]
+  ids = jnp.arange(num_chunks * chunk, dtype=jnp.int32).reshape(num_chunks, chunk)
 
   def body(carry, xs):
     m, s = carry  # running max and sum of exp(logit - max), [b, t]
-    tab, b = xs
+    tab, b, chunk_ids = xs
     logits = jnp.einsum("bte,ce->btc", query, tab.astype(jnp.float32)) + b  # [b, t, c]
+    if copy is not None:
+      logits = logits + copy_bonus(*copy, chunk_ids)
     m_new = jnp.maximum(m, logits.max(-1))
     s = s * jnp.exp(m - m_new) + jnp.exp(logits - m_new[..., None]).sum(-1)
     return (m_new, s), None
 
-  init = (jnp.full(labels.shape, -jnp.inf, jnp.float32), jnp.zeros(labels.shape, jnp.float32))
-  (m, s), _ = jax.lax.scan(body, init, (table, bias))
-  pos = jnp.einsum("bte,bte->bt", query, jnp.take(table.reshape(-1, table.shape[-1]), labels, axis=0))
-  pos = pos + jnp.take(bias.reshape(-1), labels)
-  return m + jnp.log(s) - pos
+  shape = query.shape[:-1]
+  init = (jnp.full(shape, -jnp.inf, jnp.float32), jnp.zeros(shape, jnp.float32))
+  (m, s), _ = jax.lax.scan(body, init, (table, bias, ids))
+  return m + jnp.log(s)
+
+
+def full_softmax_nll_chunked(*, query: jax.Array, labels: jax.Array, table: jax.Array, bias: jax.Array,
+                             vocab_size: int, chunk: int,
+                             copy: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+  """EXACT full-vocabulary NLL of a sampled feature, in vocabulary chunks (memory O(b t c), not O(b t v)).
+
+  Args:
+    query: [b, t, e]; labels: [b, t]; table: [v, e]; bias: [v].
+    vocab_size: the feature's true vocabulary (ids >= it, and PAD, are excluded from the normalizer).
+    chunk: ids scored at a time.
+    copy: (gates [b, t, k], recent ids [b, t, k]) of the feature's copy term, or None.
+  Returns:
+    nll [b, t].
+  """
+  log_z = log_normalizer_chunked(query=query, table=table, bias=bias, vocab_size=vocab_size, chunk=chunk,
+                                 copy=copy)
+  pos = jnp.einsum("bte,bte->bt", query.astype(jnp.float32), jnp.take(table, labels, axis=0).astype(jnp.float32))
+  pos = pos + jnp.take(bias, labels)
+  if copy is not None:
+    pos = pos + copy_bonus(*copy, labels)
+  return log_z - pos

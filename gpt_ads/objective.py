@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from gpt_ads import features as features_lib
 from gpt_ads import losses, negatives
-from gpt_ads.model.heads import output_table
+from gpt_ads.model.heads import copy_inputs, output_table
 
 
 def targets(batch: dict[str, jax.Array], schema: features_lib.Schema):
@@ -28,6 +28,12 @@ def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.sum(x * m) / jnp.maximum(jnp.sum(m), 1.0)
 
 
+def _copy(outputs, spec):
+  """The copy term's (gates, recent ids) aligned with outputs[:, :-1], or None."""
+  c = copy_inputs(outputs, spec)
+  return None if c is None else (c[0][:, :-1], c[1][:, :-1])
+
+
 def training_loss(params, outputs: dict[str, jax.Array], batch: dict[str, jax.Array], rng: jax.Array, *,
                   schema: features_lib.Schema, unigram_log_q: dict[str, jax.Array]):
   """-> (weighted total loss, {name: mean nll}). Sampled features use shared negatives drawn from `rng`."""
@@ -40,7 +46,7 @@ def training_loss(params, outputs: dict[str, jax.Array], batch: dict[str, jax.Ar
       neg = negatives.sample(jax.random.fold_in(rng, i), f, labels[f.name], mask[f.name],
                              unigram_log_q.get(f.name))
       nll = losses.sampled_softmax(query=out, labels=labels[f.name], table=table, bias=bias, neg_ids=neg.ids,
-                                   neg_log_q=neg.log_q, pos_log_q=neg.label_log_q)
+                                   neg_log_q=neg.log_q, pos_log_q=neg.label_log_q, copy=_copy(outputs, f))
     else:
       nll = losses.softmax_xent(logits=out, labels=labels[f.name])
     per_feature[f.name] = _masked_mean(nll, mask[f.name])
@@ -61,7 +67,7 @@ def exact_nll_sums(params, outputs: dict[str, jax.Array], batch: dict[str, jax.A
     if f.sampled:
       table, bias = output_table(params, f)
       nll = losses.full_softmax_nll_chunked(query=out, labels=labels[f.name], table=table, bias=bias,
-                                            vocab_size=f.vocab_size, chunk=chunk)
+                                            vocab_size=f.vocab_size, chunk=chunk, copy=_copy(outputs, f))
     else:
       nll = losses.softmax_xent(logits=out, labels=labels[f.name])
     m = mask[f.name]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gpt_ads import features, losses, negatives
-from gpt_ads.model.heads import NEG_INF, valid_ids
+from gpt_ads.model.heads import NEG_INF, copy_bonus, recent_ids, valid_ids
 
 V, E = 50, 8
 
@@ -49,6 +49,45 @@ def test_chunked_full_softmax_is_exact(chunk):
   nll = losses.full_softmax_nll_chunked(query=query, labels=labels, table=table, bias=bias, vocab_size=V,
                                         chunk=chunk)
   np.testing.assert_allclose(nll, _exact(query, table, bias, labels), rtol=1e-5, atol=1e-5)
+
+
+def _copy_case(labels, lags=2):
+  """Gates and recent ids over a packed [3, 5] batch: row 0 holds two users, so lags never cross into user 1."""
+  seg = jnp.array([[1, 1, 2, 2, 2], [1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+  ids = recent_ids(labels, seg, lags)
+  gates = jax.random.normal(jax.random.key(9), labels.shape + (lags,)) * 3.0
+  return gates, ids, seg
+
+
+def test_recent_ids_stop_at_user_boundaries():
+  labels = jnp.arange(15).reshape(3, 5) + 2
+  _, ids, _ = _copy_case(labels)
+  np.testing.assert_array_equal(ids[0, :, 0], labels[0])  # lag 0: the event itself
+  np.testing.assert_array_equal(ids[0, :, 1], [0, 2, 0, 4, 5])  # lag 1: PAD at each user's first event
+  np.testing.assert_array_equal(ids[2, :, 0], [12, 13, 14, 0, 0])  # padding has no history
+
+
+def _exact_with_copy(query, table, bias, labels, copy):
+  logits = jnp.einsum("bte,ve->btv", query, table) + bias + copy_bonus(*copy, jnp.arange(table.shape[0]))
+  logits = jnp.where(valid_ids(V, table.shape[0]), logits, NEG_INF)
+  return losses.softmax_xent(logits=logits, labels=labels)
+
+
+def test_copy_term_in_sampled_and_chunked_losses_is_exact():
+  query, table, bias, labels = _case(3)
+  history = jax.random.randint(jax.random.key(4), labels.shape, 1, V)
+  history = history.at[:, 1:].set(jnp.where(jnp.arange(4) % 2 == 0, labels[:, :-1], history[:, 1:]))  # repeats
+  gates, ids, _ = _copy_case(history)
+  exact = _exact_with_copy(query, table, bias, labels, (gates, ids))
+  assert float(jnp.abs(exact - _exact(query, table, bias, labels)).max()) > 0.1  # the term matters here
+  all_ids = jnp.arange(1, V)
+  nll = losses.sampled_softmax(query=query, labels=labels, table=table, bias=bias, neg_ids=all_ids,
+                               neg_log_q=jnp.zeros(V - 1), pos_log_q=jnp.zeros(labels.shape), copy=(gates, ids))
+  np.testing.assert_allclose(nll, exact, rtol=1e-5, atol=1e-5)
+  for chunk in (7, 64):
+    nll = losses.full_softmax_nll_chunked(query=query, labels=labels, table=table, bias=bias, vocab_size=V,
+                                          chunk=chunk, copy=(gates, ids))
+    np.testing.assert_allclose(nll, exact, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("sampler", ["uniform", "log_uniform", "unigram"])

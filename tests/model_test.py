@@ -56,8 +56,9 @@ def test_causal(model_and_params):
   changed["ad_id"][:, 10:] = 5
   a, _ = model.apply({"params": params}, batch)
   b, _ = model.apply({"params": params}, changed)
-  for name in a:
+  for name in a:  # every output, the copy term's gates and ids too
     np.testing.assert_allclose(a[name][:, :10], b[name][:, :10], atol=1e-6)
+  for name in model.schema.names:
     assert not np.allclose(a[name][:, 10:], b[name][:, 10:])
 
 
@@ -108,3 +109,17 @@ def test_bad_model_config_is_rejected():
     ModelConfig(d_model=30, num_heads=4)
   with pytest.raises(ValueError, match="remat"):
     ModelConfig(remat="sometimes")
+
+
+def test_copy_term_outputs():
+  c = tiny_config(**{"schema.features.ad_id.copy_lags": 2})
+  model = Model(features.Schema.from_config(c.schema.features), ModelConfig.from_config(c.model))
+  params = model.init(jax.random.key(0), dummy_batch(model.schema, 1, model.cfg.max_len))["params"]
+  batch = _random_batch(model.schema, 2, 8)
+  outputs, _ = model.apply({"params": nn.unbox(params)}, batch)
+  gates, ids = outputs["ad_id/copy_gates"], outputs["ad_id/copy_ids"]
+  assert gates.shape == ids.shape == (2, 8, 2)
+  assert float(jnp.abs(gates).max()) == 0.0  # starts neutral: zero kernel and bias
+  np.testing.assert_array_equal(ids[:, 1:, 1], batch["ad_id"][:, :-1])
+  with pytest.raises(ValueError, match="copy_lags"):
+    features.Schema((features.FeatureSpec(name="event_type", vocab_size=8, copy_lags=1),))

@@ -81,8 +81,9 @@ def test_generated_data_is_written_once_and_packed_users_stay_apart(tmp_path):
   data = datasets.load(config, str(tmp_path))
   assert len(data.train) == config.data.num_train_users and data.references is not None
   mtime = os.path.getmtime(tmp_path / "generated_data" / "schema.json")
-  datasets.load(config, str(tmp_path))  # same settings: reused, not rewritten
+  again = datasets.load(config, str(tmp_path))  # same settings: reused, not rewritten, references kept
   assert os.path.getmtime(tmp_path / "generated_data" / "schema.json") == mtime
+  assert again.references == data.references
 
   names, max_len = data.schema.names, config.model.max_len
   batch = next(pipeline.TrainIterator(data.train, names=names, max_len=max_len, global_batch=8, seed=0))
@@ -98,8 +99,9 @@ def test_generated_data_is_written_once_and_packed_users_stay_apart(tmp_path):
   out, _ = model.apply({"params": params}, one)
   out_changed, _ = model.apply({"params": params}, changed)
   others = ~a_events
-  for name in out:
+  for name in out:  # every output, the copy term's gates and ids too
     np.testing.assert_allclose(out[name][0, others], out_changed[name][0, others], atol=1e-5)
+  for name in data.schema.names:
     assert not np.allclose(out[name][0, a_events], out_changed[name][0, a_events])
   # No target crosses users: the last event of each user predicts nothing.
   _, mask = objective.targets(one, data.schema)

@@ -2,11 +2,12 @@
 
 Both go through the same path: a prepared data set directory (gpt_ads.data.store: schema.json + TFDS
 ArrayRecord splits) read by the Grain pipeline. Generated users (gpt_ads.data.synthetic) are first written to
-`<workdir>/generated_data` (reused while the generator settings are unchanged) and come with exact reference
-losses on the test users: the Bayes-optimal factorized and joint losses and the unigram loss.
+`<workdir>/generated_data` (or, to share them between runs, `<config.data.generated_dir>/generated_<fingerprint>`;
+reused while the generator settings are unchanged) and come with exact reference losses on the test users, kept
+in the data set's schema.json: the Bayes-optimal factorized and joint losses and the unigram loss.
 
 The schema: names, vocabulary sizes and loss kinds come from the data set's schema.json; the model-side settings
-(embed_dim, num_negatives, sampler, tied, weight) from `config.schema.defaults`, overridden per feature by
+(embed_dim, num_negatives, sampler, tied, weight, copy_lags) from `config.schema.defaults`, overridden per feature by
 `config.schema.features.<name>` for the features the data has (entries for features it lacks are ignored, with a
 warning, and so are their vocab_size / loss: the default config lists the generated data's features).
 """
@@ -25,7 +26,7 @@ from gpt_ads import features as features_lib
 from gpt_ads.data import store, synthetic
 
 _DATA_KEYS = ("vocab_size", "loss")  # what the data set decides
-_MODEL_KEYS = ("embed_dim", "num_negatives", "sampler", "tied", "weight")  # what the config decides
+_MODEL_KEYS = features_lib.MODEL_SIDE_KEYS  # what the config decides
 
 
 @dataclasses.dataclass
@@ -106,32 +107,36 @@ def generated(config, workdir: str) -> tuple[store.Prepared, dict]:
   seed = config.data.seed
   sizes = {"train": config.data.num_train_users, "validation": config.data.num_val_users,
            "test": config.data.num_test_users}
-  users = {split: process.sample(n, seed=seed + i) for i, (split, n) in enumerate(sizes.items())}
-  references = synthetic.reference_losses(process, users["train"], users["test"])
-
   fingerprint = hashlib.sha256(json.dumps(
       {"synthetic": config.data.synthetic.to_dict(), "seed": seed, "sizes": sizes,
        "features": [(f.name, f.vocab_size, f.loss) for f in schema]}, sort_keys=True).encode()).hexdigest()[:16]
   suffix = f"_p{jax.process_index()}" if jax.process_count() > 1 else ""  # hosts may not share a filesystem
-  path = os.path.join(workdir, "generated_data" + suffix)
+  if config.data.generated_dir:  # shared by runs (a sweep): one directory per generator setting
+    path = os.path.join(config.data.generated_dir, f"generated_{fingerprint}{suffix}")
+  else:
+    path = os.path.join(workdir, "generated_data" + suffix)
   try:
     prepared = store.open_dir(path)
-    if prepared.meta["source"].get("fingerprint") != fingerprint:
-      prepared = None
+    source = prepared.meta["source"]
+    if source.get("fingerprint") == fingerprint and "references" in source:
+      logging.info("reusing generated users %s (%s)", sizes, path)
+      return prepared, source["references"]
   except ValueError:
-    prepared = None
-  if prepared is None:
-    store.write(path, features=[{"name": f.name, "vocab_size": f.vocab_size, "loss": f.loss,
-                                 "vocabulary": {"kind": "generated"}, "source": "gpt_ads.data.synthetic"}
-                                for f in schema],
-                splits={split: (lambda u=u, split=split: _records(u, schema.names, split))
-                        for split, u in users.items()},
-                labels={"is_bot": {"kind": "numeric"}, "converted": {"kind": "numeric"},
-                        "segment": {"kind": "numeric"}},
-                source={"generator": "gpt_ads.data.synthetic", "fingerprint": fingerprint,
-                        "synthetic": config.data.synthetic.to_dict(), "seed": seed},
-                overwrite=True)
-    prepared = store.open_dir(path)
+    pass
+  users = {split: process.sample(n, seed=seed + i) for i, (split, n) in enumerate(sizes.items())}
+  references = json.loads(json.dumps(synthetic.reference_losses(process, users["train"], users["test"]),
+                                     default=float))
+  store.write(path, features=[{"name": f.name, "vocab_size": f.vocab_size, "loss": f.loss,
+                               "vocabulary": {"kind": "generated"}, "source": "gpt_ads.data.synthetic"}
+                              for f in schema],
+              splits={split: (lambda u=u, split=split: _records(u, schema.names, split))
+                      for split, u in users.items()},
+              labels={"is_bot": {"kind": "numeric"}, "converted": {"kind": "numeric"},
+                      "segment": {"kind": "numeric"}},
+              source={"generator": "gpt_ads.data.synthetic", "fingerprint": fingerprint,
+                      "synthetic": config.data.synthetic.to_dict(), "seed": seed, "references": references},
+              overwrite=True)
+  prepared = store.open_dir(path)
   logging.info("generated %s users (%s) and reference losses in %.1fs", sizes, path, time.time() - t0)
   return prepared, references
 

@@ -5,6 +5,11 @@
 - `sampled_softmax` features: a query in the feature's embedding space, [b, t, e]. Scores against candidate ids
   are `query . table[id] + bias[id]`, with `table` the input embedding table (tied) or the head's own (untied);
   `output_table` fetches them from the params so losses can score any subset of ids.
+- copy term (`copy_lags` = k > 0, sampled features): the head also returns gates [b, t, k] (a linear function of
+  the hidden state) and the ids of the user's last k events [b, t, k] (lag 0 = event t itself, PAD where the
+  user has no such event), under `copy_keys(name)`. A candidate's logit gains the gates of the lags whose value
+  it equals (`copy_bonus`): "the same ad again" gets its own learned score, which a dot product against an
+  embedding table can only approximate by bending every ad's embedding toward its own direction.
 
 Einsum letters: b batch, t time, d model width, e feature embedding width, v vocabulary.
 """
@@ -38,7 +43,8 @@ class SampledHead(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, h: jax.Array) -> jax.Array:
+  def __call__(self, h: jax.Array) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """-> query [b, t, e], or (query, copy gates [b, t, k]) when the feature has a copy term."""
     f, cfg = self.spec, self.cfg
     v = padded_vocab(f.vocab_size, cfg.vocab_pad_multiple)
     self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (axes.P_VOCAB,)), (v,), jnp.float32)
@@ -47,11 +53,47 @@ class SampledHead(nn.Module):
                  (v, f.embed_dim), jnp.float32)
     q = Dense("btd,de->bte", (cfg.d_model, f.embed_dim), (axes.P_EMBED, axes.P_FEATURE), dtype=jnp.dtype(cfg.dtype),
               name="proj")(h)
-    return q.astype(jnp.float32)  # [b, t, e]
+    if not f.copy_lags:
+      return q.astype(jnp.float32)  # [b, t, e]
+    gates = Dense("btd,dk->btk", (cfg.d_model, f.copy_lags), (axes.P_EMBED, None), use_bias=True,
+                  bias_axes=(None,), kernel_init=nn.initializers.zeros, name="copy")(h)  # [b, t, k], f32
+    return q.astype(jnp.float32), gates.astype(jnp.float32)
+
+
+def copy_keys(name: str) -> tuple[str, str]:
+  """The output keys of a feature's copy gates and copy ids."""
+  return f"{name}/copy_gates", f"{name}/copy_ids"
+
+
+def recent_ids(ids: jax.Array, segment_ids: jax.Array, lags: int) -> jax.Array:
+  """[b, t] ids -> [b, t, lags]: the id at position t - j for lag j, PAD where that is another user or padding."""
+  t = ids.shape[1]
+  cols = []
+  for j in range(lags):
+    prev = jnp.pad(ids, ((0, 0), (j, 0)), constant_values=features_lib.PAD_ID)[:, :t]
+    prev_seg = jnp.pad(segment_ids, ((0, 0), (j, 0)))[:, :t]
+    cols.append(jnp.where((prev_seg == segment_ids) & (segment_ids > 0), prev, features_lib.PAD_ID))
+  return jnp.stack(cols, axis=-1)
+
+
+def copy_bonus(gates: jax.Array, ids: jax.Array, candidates: jax.Array) -> jax.Array:
+  """The copy term of candidate logits: sum of the gates of the lags whose id equals the candidate.
+
+  Args:
+    gates: [b, t, k]; ids: [b, t, k] the recent ids (`recent_ids`).
+    candidates: [b, t] (one candidate per position) or [n] (shared by every position).
+  Returns:
+    [b, t] or [b, t, n].
+  """
+  if candidates.ndim == 1:
+    hit = ids[:, :, None, :] == candidates[None, None, :, None]  # [b, t, n, k]
+    return jnp.sum(jnp.where(hit, gates[:, :, None, :], 0.0), axis=-1)
+  return jnp.sum(jnp.where(ids == candidates[..., None], gates, 0.0), axis=-1)
 
 
 class FeatureHeads(nn.Module):
-  """[b, t, d] hidden states -> {feature: logits [b, t, v] or query [b, t, e]} (f32).
+  """[b, t, d] hidden states -> {feature: logits [b, t, v] or query [b, t, e]} (f32), plus for features with a
+  copy term {copy_keys(name): (gates [b, t, k] f32, recent ids [b, t, k] int32)}.
 
   Attributes:
     schema: the features; cfg: the ModelConfig.
@@ -60,11 +102,15 @@ class FeatureHeads(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, h: jax.Array) -> dict[str, jax.Array]:
+  def __call__(self, h: jax.Array, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
     cfg = self.cfg
     out = {}
     for f in self.schema:
-      if f.sampled:
+      if f.sampled and f.copy_lags:
+        gates_key, ids_key = copy_keys(f.name)
+        out[f.name], out[gates_key] = SampledHead(f, cfg, name=f.name)(h)
+        out[ids_key] = recent_ids(batch[f.name], batch["segment_ids"], f.copy_lags)
+      elif f.sampled:
         out[f.name] = SampledHead(f, cfg, name=f.name)(h)
       else:
         v = padded_vocab(f.vocab_size, cfg.vocab_pad_multiple)
@@ -80,3 +126,11 @@ def output_table(params, spec: features_lib.FeatureSpec) -> tuple[jax.Array, jax
   head = params["heads"][spec.name]
   table = params["embed"][spec.name] if spec.tied else head["table"]
   return table, head["bias"]
+
+
+def copy_inputs(outputs: dict[str, jax.Array], spec: features_lib.FeatureSpec):
+  """(gates [b, t, k], recent ids [b, t, k]) of a feature with a copy term, else None."""
+  if not spec.copy_lags:
+    return None
+  gates_key, ids_key = copy_keys(spec.name)
+  return outputs[gates_key], outputs[ids_key]
