@@ -1,15 +1,12 @@
-"""Scaling-law fits and the sweep report (numpy / scipy / matplotlib).
+"""Scaling-law fits (numpy / scipy): the numbers behind a sweep's REPORT.md (gpt_ads.sweep_report).
 
-`fit_power_law` fits L(N) = (N_c / N)^alpha (optionally + L_inf) in log space; `bootstrap` resamples the runs
-for confidence intervals on alpha and on the losses extrapolated to larger N; `frontier` is the
-compute-efficient frontier; `report(workdir)` reads `DIR/results.csv` (+ `runs/<name>/metrics.jsonl`) and
-writes `DIR/REPORT.md`, `DIR/fit.json`, `DIR/loss_vs_params.png` and `DIR/learning_curves.png`.
+`fit_power_law` fits L(N) = (N_c / N)^alpha (optionally + L_inf) in log space and `r_squared` scores it there;
+`bootstrap` resamples the runs for confidence intervals on alpha and on the losses extrapolated to larger N;
+`frontier` is the compute-efficient frontier; `data_to_reach` interpolates how much data a model needs to reach
+a target loss.
 """
 
-import csv
-import json
 import math
-import os
 
 import numpy as np
 from scipy import optimize
@@ -20,11 +17,19 @@ def _law(n, alpha, n_c, l_inf=0.0):
   return (n_c / np.asarray(n, float)) ** alpha + l_inf
 
 
+def r_squared(n, loss, fit: dict) -> float:
+  """R² of the fit in log space (the space it is fitted in): 1 - SS_res / SS_tot of log L."""
+  ll = np.log(np.asarray(loss, float))
+  pred = np.log(_law(n, fit["alpha"], fit["n_c"], fit["l_inf"]))
+  ss_tot = float(np.sum((ll - ll.mean()) ** 2))
+  return 1.0 - float(np.sum((ll - pred) ** 2)) / ss_tot if ss_tot > 0 else float("nan")
+
+
 def fit_power_law(n, loss, *, with_floor: bool = False) -> dict:
   """Least-squares fit of log L = log((N_c / N)^alpha + L_inf); returns {"alpha", "n_c", "l_inf"}.
 
   alpha > 0 for a loss that decreases with N; l_inf is 0.0 without `with_floor` (constrained to
-  [0, min(loss)) with it)."""
+  [0, min(loss)) with it). `r_squared` scores the fit."""
   n, loss = np.asarray(n, float), np.asarray(loss, float)
   if len(n) < 2 or np.any(n <= 0) or np.any(loss <= 0):
     raise ValueError("need >= 2 points with positive N and loss")
@@ -118,177 +123,15 @@ def _num(v):
   return x if math.isfinite(x) else None
 
 
-def _read_jsonl(path) -> list[dict]:
-  """The JSON lines of `path` ([] if missing; bad lines skipped)."""
-  if not os.path.exists(path):
-    return []
-  out = []
-  with open(path) as f:
-    for line in f:
-      try:
-        out.append(json.loads(line))
-      except ValueError:
-        pass
-  return out
-
-
-def _fmt(x, spec=".4g"):
-  """A table cell: '-' for None."""
-  return "-" if x is None else format(x, spec)
-
-
-def _fit_section(label, n, y, with_floor, largest):
-  """The fit, its bootstrap and markdown lines for one target (y vs n); None if < 3 distinct N."""
-  if len(np.unique(n)) < 3:
-    return None, [f"### {label}", "", f"Not fitted: needs >= 3 runs with distinct N (have {len(np.unique(n))}).",
-                  ""]
-  fit = fit_power_law(n, y, with_floor=with_floor)
-  boot = bootstrap(n, y, with_floor=with_floor, extrapolate=(10 * largest, 100 * largest))
-  lo, hi = boot["alpha_ci"]
-  law = f"L(N) = (N_c / N)^α{' + L_∞' if with_floor else ''}"
-  lines = [f"### {label}", "", f"{law}: α = {fit['alpha']:.4f} (95% bootstrap CI {lo:.4f} – {hi:.4f}, "
-           f"{boot['samples']} resamples), N_c = {fit['n_c']:.4g}" +
-           (f", L_∞ = {fit['l_inf']:.4f}" if with_floor else "") + ".", "",
-           "| N (non-embedding) | predicted loss | 95% CI |", "|---|---|---|"]
-  for (x, (med, elo, ehi)), k in zip(boot["extrapolated"].items(), ("10×", "100×")):
-    pred = float(_law(x, fit["alpha"], fit["n_c"], fit["l_inf"]))
-    lines.append(f"| {x:.3g} ({k} largest) | {pred:.4f} (median {med:.4f}) | {elo:.4f} – {ehi:.4f} |")
-  boot["extrapolated"] = {str(k): v for k, v in boot["extrapolated"].items()}
-  return {**fit, **boot, "with_floor": with_floor}, lines + [""]
-
-
-def _data_fits(workdir, rows) -> list[dict]:
-  """L(D) per model size: (D_c / D)^alpha_D + L_inf fitted to each run's eval/loss (train/loss if no eval points)
-  against D = examples seen (step x batch size when the overrides give it, else steps)."""
-  out = []
-  for r in rows:
-    recs = _read_jsonl(os.path.join(workdir, "runs", r["name"], "metrics.jsonl"))
-    key = "eval/loss" if sum("eval/loss" in x for x in recs) >= 3 else "train/loss"
-    pts = [(x["step"], x[key]) for x in recs if key in x and x.get("step", 0) > 0 and x[key] > 0]
-    if len({s for s, _ in pts}) < 3:
-      continue
-    try:
-      batch = float(json.loads(r.get("overrides") or "{}").get("train.batch_size", 1))
-    except (ValueError, AttributeError):
-      batch = 1.0
-    try:
-      fit = fit_power_law([s * batch for s, _ in pts], [v for _, v in pts], with_floor=True)
-    except (ValueError, RuntimeError):
-      continue
-    out.append({"name": r["name"], "non_embedding_params": _num(r.get("non_embedding_params")), "metric": key,
-                "unit": "examples" if batch != 1.0 else "steps", "alpha_d": fit["alpha"], "d_c": fit["n_c"],
-                "l_inf": fit["l_inf"]})
-  return out
-
-
-def _plots(workdir, n, loss, fit, with_floor, names):
-  """loss_vs_params.png (points, fit, bootstrap band) and learning_curves.png."""
-  import matplotlib
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt
-  fig, ax = plt.subplots(figsize=(6, 4.5))
-  ax.loglog(n, loss, "o", label="runs")
-  if fit is not None:
-    grid = np.geomspace(n.min() / 2, n.max() * 100, 100)
-    rng = np.random.default_rng(0)
-    curves = []
-    for _ in range(300):
-      idx = rng.integers(0, len(n), len(n))
-      if len(np.unique(n[idx])) < 3:
-        continue
-      try:
-        f = fit_power_law(n[idx], loss[idx], with_floor=with_floor)
-      except (ValueError, RuntimeError):
-        continue
-      curves.append(_law(grid, f["alpha"], f["n_c"], f["l_inf"]))
-    if curves:
-      lo, hi = np.percentile(np.array(curves), [2.5, 97.5], axis=0)
-      ax.fill_between(grid, lo, hi, alpha=0.25, label="95% bootstrap")
-    ax.loglog(grid, _law(grid, fit["alpha"], fit["n_c"], fit["l_inf"]), "-", label=f"fit α={fit['alpha']:.3f}")
-  ax.set_xlabel("non-embedding parameters N")
-  ax.set_ylabel("test loss")
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(os.path.join(workdir, "loss_vs_params.png"), dpi=100)
-  plt.close(fig)
-  fig, ax = plt.subplots(figsize=(6, 4.5))
-  for name in names:
-    recs = [r for r in _read_jsonl(os.path.join(workdir, "runs", name, "metrics.jsonl")) if "train/loss" in r]
-    if recs:
-      ax.plot([r["step"] for r in recs], [r["train/loss"] for r in recs], label=name)
-  ax.set_xlabel("step")
-  ax.set_ylabel("train/loss")
-  if ax.lines:
-    ax.legend(fontsize="small")
-  fig.tight_layout()
-  fig.savefig(os.path.join(workdir, "learning_curves.png"), dpi=100)
-  plt.close(fig)
-
-
-def report(workdir: str, *, with_floor: bool = False) -> str:
-  """Writes DIR/REPORT.md, DIR/fit.json, DIR/loss_vs_params.png, DIR/learning_curves.png from DIR/results.csv;
-  returns the REPORT.md path."""
-  with open(os.path.join(workdir, "results.csv"), newline="") as f:
-    rows = list(csv.DictReader(f))
-  lines = ["# Scaling report", "", "| run | non-embedding params | params | devices | wall s / train FLOPs | "
-           "batch size | steps | test loss | gap closed |", "|---|---|---|---|---|---|---|---|---|"]
-  for r in rows:
-    ev = {}
-    ev_path = os.path.join(workdir, "runs", r["name"], "eval.json")
-    if os.path.exists(ev_path):
-      with open(ev_path) as f:
-        ev = json.load(f)
-    try:
-      over = json.loads(r.get("overrides") or "{}")
-    except ValueError:
-      over = {}
-    wall = _num(ev.get("wall_seconds", ev.get("train_seconds")))
-    devices = ev.get("num_devices", ev.get("devices", 1))
-    batch = over.get("train.batch_size", "-")
-    flops = _num(r.get("train_flops"))
-    wall_cell = f"{_fmt(wall, '.0f')} s / {_fmt(flops, '.3g')}" if wall is not None else _fmt(flops, ".3g")
-    step = _num(r.get("step"))
-    lines.append(f"| {r['name']} | {_fmt(_num(r.get('non_embedding_params')), ',.0f')} | "
-                 f"{_fmt(_num(r.get('params')), ',.0f')} | {devices} | {wall_cell} | {batch} | "
-                 f"{_fmt(step, '.0f')} | {_fmt(_num(r.get('test_loss')))} | {_fmt(_num(r.get('gap_closed')), '.3f')} |")
-  lines += ["", "## Fits", ""]
-  usable = [r for r in rows if _num(r.get("non_embedding_params")) and _num(r.get("test_loss"))]
-  n = np.array([_num(r["non_embedding_params"]) for r in usable])
-  loss = np.array([_num(r["test_loss"]) for r in usable])
-  largest = float(n.max()) if len(n) else 1.0
-  out = {"runs": len(rows)}
-  fit, sec = _fit_section("Test loss vs non-embedding parameters", n, loss, with_floor, largest)
-  out["test_loss"] = fit
-  lines += sec
-  bayes = [(_num(r["non_embedding_params"]), _num(r["test_loss"]) - _num(r.get("bayes_factorized_loss")))
-           for r in usable if _num(r.get("bayes_factorized_loss")) is not None]
-  bayes = [(x, y) for x, y in bayes if y > 0]
-  if bayes:
-    bn, by = np.array([b[0] for b in bayes]), np.array([b[1] for b in bayes])
-    efit, sec = _fit_section("Excess loss over the Bayes bound (test − bayes_factorized)", bn, by, False,
-                             largest)
-    out["excess_loss"] = efit
-    lines += sec
-  data_fits = _data_fits(workdir, rows)
-  out["data"] = data_fits
-  if data_fits:
-    lines += ["### L(D) per model size", "", "L(D) = (D_c / D)^α_D + L_∞ on each run's learning curve.", "",
-              "| run | N | curve | D unit | α_D | D_c | L_∞ |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {d['name']} | {_fmt(d['non_embedding_params'], ',.0f')} | {d['metric']} | {d['unit']} | "
-              f"{d['alpha_d']:.4f} | {d['d_c']:.4g} | {d['l_inf']:.4f} |" for d in sorted(
-                  data_fits, key=lambda d: d["non_embedding_params"] or 0)]
-    lines.append("")
-  front = frontier(rows)
-  out["frontier"] = [{"train_flops": f, "test_loss": l, "name": nm} for f, l, nm in front]
-  lines += ["## Compute-efficient frontier", "", "| train FLOPs | test loss | run |", "|---|---|---|"]
-  lines += [f"| {f:.3g} | {l:.4f} | {nm} |" for f, l, nm in front]
-  lines += ["", "![loss vs parameters](loss_vs_params.png)", "", "![learning curves](learning_curves.png)", ""]
-  order = np.argsort(n) if len(n) else []
-  _plots(workdir, n[order] if len(n) else n, loss[order] if len(n) else loss, fit, with_floor,
-         [r["name"] for r in rows])
-  with open(os.path.join(workdir, "fit.json"), "w") as f:
-    json.dump(out, f, indent=2, default=float)
-  path = os.path.join(workdir, "REPORT.md")
-  with open(path, "w") as f:
-    f.write("\n".join(lines))
-  return path
+def data_to_reach(d, loss, target: float) -> float | None:
+  """The data size at which loss(d) (piecewise linear in log d, points sorted by d) first reaches `target`:
+  None if it never does; d.min() if the smallest size already does."""
+  order = np.argsort(np.asarray(d, float))
+  d, loss = np.asarray(d, float)[order], np.asarray(loss, float)[order]
+  if loss[0] <= target:
+    return float(d[0])
+  for i in range(1, len(d)):
+    if loss[i] <= target:
+      frac = (loss[i - 1] - target) / (loss[i - 1] - loss[i])
+      return float(np.exp(np.log(d[i - 1]) + frac * (np.log(d[i]) - np.log(d[i - 1]))))
+  return None

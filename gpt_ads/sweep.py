@@ -6,8 +6,8 @@ gets the steps that spend them, so model size trades against steps at fixed comp
 `grid`; data fractions are `data.num_train_users` values. Each run trains in
 `DIR/runs/<name>`: runs one after another here (resumable: a run with an eval.json is skipped, a half-done run
 resumes from its checkpoints), or `--print_commands` prints one `gpt-ads-train` command per run for a cluster.
-Every finished run's eval.json is gathered into `DIR/results.csv` (one row per run), and `gpt_ads.scaling` fits
-and plots them into `DIR/REPORT.md` (+ fit.json, PNGs).
+Every finished run's eval.json (and the config keys of CONFIG_KEYS) is gathered into `DIR/results.csv` (one row
+per run), and `gpt_ads.sweep_report` fits and plots them into `DIR/REPORT.md` (+ fit.json, PNGs).
 """
 
 import csv
@@ -29,10 +29,13 @@ def _define_flags() -> None:
   flags.DEFINE_string("workdir", None, "Sweep directory: runs/<name>/ and results.csv.")
   flags.DEFINE_bool("print_commands", False, "Print one gpt-ads-train command per run instead of running.")
   flags.DEFINE_string("only", None, "Comma-separated run names to run (default: all).")
+  flags.DEFINE_string("title", "Scaling report", "Title of DIR/REPORT.md.")
   flags.mark_flags_as_required(["sweep", "workdir"])
 
 RESULT_KEYS = ("test_loss", "gap_closed", "non_embedding_params", "params", "train_flops", "flops_per_position",
                "events_per_sec", "step", "bayes_factorized_loss", "unigram_loss", "devices", "train_seconds")
+CONFIG_KEYS = {"backbone": "model.backbone", "d_model": "model.d_model", "num_layers": "model.num_layers",
+               "batch_size": "train.batch_size", "num_train_users": "data.num_train_users"}  # column: config key
 
 
 def grid(*, config: str, overrides: dict | None = None, **axes) -> list[dict]:
@@ -94,9 +97,11 @@ def steps_for_budget(config, budget: float) -> int:
   return max(1, int(round(budget / per_step)))
 
 
-def run_config(run: dict):
+def run_config(run: dict, workdir: str | None = None):
   """The ml_collections config of one run (its config file's get_config(arg) with the overrides applied; a run
-  with a "flops_budget" gets the number of steps that spends it, and warmup capped at a tenth of them)."""
+  with a "flops_budget" gets the number of steps that spends it, and warmup capped at a tenth of them). With
+  `workdir` (the sweep's), runs on generated data share one copy of it: `data.generated_dir=DIR/generated`
+  unless the run sets data.dir or data.generated_dir itself."""
   config = _load_module(run["config"], "config").get_config(run.get("arg") or None)
   for key, value in run.get("overrides", {}).items():
     node = config
@@ -106,6 +111,9 @@ def run_config(run: dict):
     if last not in node:
       raise ValueError(f"run {run['name']!r}: override {key} names no config key")
     node[last] = value
+  data = config.get("data", {})
+  if workdir and "generated_dir" in data and not data.get("dir") and not data.generated_dir:
+    config.data.generated_dir = os.path.join(workdir, "generated")
   if run.get("flops_budget"):
     config.train.num_steps = steps_for_budget(config, run["flops_budget"])
     config.train.warmup_steps = min(config.train.warmup_steps, max(1, config.train.num_steps // 10))
@@ -115,9 +123,12 @@ def run_config(run: dict):
 def command(run: dict, workdir: str) -> str:
   cfg = run["config"] + (f":{run['arg']}" if run.get("arg") else "")
   parts = ["gpt-ads-train", f"--config={cfg}", f"--workdir={os.path.join(workdir, 'runs', run['name'])}"]
-  parts += [f"--config.{k}={v}" for k, v in run.get("overrides", {}).items()]
+  budget_keys = ("train.num_steps", "train.warmup_steps") if run.get("flops_budget") else ()
+  parts += [f"--config.{k}={v}" for k, v in run.get("overrides", {}).items() if k not in budget_keys]
+  config = run_config(run, workdir)
+  if config.get("data", {}).get("generated_dir") and "data.generated_dir" not in run.get("overrides", {}):
+    parts.append(f"--config.data.generated_dir={config.data.generated_dir}")
   if run.get("flops_budget"):
-    config = run_config(run)
     parts += [f"--config.train.num_steps={config.train.num_steps}",
               f"--config.train.warmup_steps={config.train.warmup_steps}"]
   return " ".join(shlex.quote(p) for p in parts)
@@ -133,11 +144,15 @@ def gather(runs: list[dict], workdir: str) -> str:
       continue
     with open(ev_path) as f:
       ev = json.load(f)
+    config = run_config(run)
     rows.append({"name": run["name"], "config": run["config"], "arg": run.get("arg", ""),
                  "overrides": json.dumps(run.get("overrides", {}), sort_keys=True),
+                 "flops_budget": run.get("flops_budget", ""),
+                 **{k: config[key.split(".")[0]][key.split(".")[1]] for k, key in CONFIG_KEYS.items()},
                  **{k: ev.get(k) for k in RESULT_KEYS}})
   with open(path + ".tmp", "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=["name", "config", "arg", "overrides", *RESULT_KEYS])
+    writer = csv.DictWriter(f, fieldnames=["name", "config", "arg", "overrides", "flops_budget", *CONFIG_KEYS,
+                                           *RESULT_KEYS])
     writer.writeheader()
     writer.writerows(rows)
   os.replace(path + ".tmp", path)
@@ -168,11 +183,11 @@ def main(argv):
         print(f"[{i}/{len(runs)}] {run['name']}: done, skipped")
         continue
       print(f"[{i}/{len(runs)}] {run['name']}: {command(run, FLAGS.workdir)}", flush=True)
-      result = train.train_and_evaluate(run_config(run), run_dir)
+      result = train.train_and_evaluate(run_config(run, FLAGS.workdir), run_dir)
       print(f"[{i}/{len(runs)}] {run['name']}: test_loss={result['test_loss']:.4f}", flush=True)
     print(f"wrote {gather(runs, FLAGS.workdir)}")
-    from gpt_ads import scaling
-    print(f"wrote {scaling.report(FLAGS.workdir)}")
+    from gpt_ads import sweep_report
+    print(f"wrote {sweep_report.report(FLAGS.workdir, title=FLAGS.title)}")
   except (ValueError, FloatingPointError) as e:
     print(f"gpt-ads-sweep: error: {e}", file=sys.stderr)
     sys.exit(2)

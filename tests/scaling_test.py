@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from gpt_ads import scaling
+from gpt_ads import scaling, sweep_report
 
 ALPHA, N_C = 0.076, 8.8e13
 N = np.geomspace(1e4, 1e7, 8)
@@ -59,43 +59,71 @@ def test_frontier():
   assert scaling.frontier(rows) == [(1e10, 3.0, "a"), (4e10, 2.5, "c"), (1.6e11, 2.0, "f")]
 
 
-def _write_sweep(tmp_path, sizes, bayes=True):
-  cols = ["name", "config", "arg", "overrides", "test_loss", "gap_closed", "non_embedding_params", "params",
-          "train_flops", "flops_per_position", "events_per_sec", "step", "bayes_factorized_loss", "unigram_loss"]
+def test_r_squared_and_data_to_reach():
+  fit = scaling.fit_power_law(N, _loss(N, noise=0.0))
+  assert scaling.r_squared(N, _loss(N, noise=0.0), fit) == pytest.approx(1.0, abs=1e-9)
+  assert scaling.r_squared(N, _loss(N, noise=0.05, seed=3), fit) < 0.99
+  d, loss = [1e3, 1e4, 1e5], [3.0, 2.0, 1.0]
+  assert scaling.data_to_reach(d, loss, 1.5) == pytest.approx(10 ** 4.5)
+  assert scaling.data_to_reach(d, loss, 3.5) == 1e3 and scaling.data_to_reach(d, loss, 0.5) is None
+
+
+COLUMNS = ["name", "config", "arg", "overrides", "flops_budget", "backbone", "d_model", "num_layers", "batch_size",
+           "num_train_users", "test_loss", "gap_closed", "non_embedding_params", "params", "train_flops",
+           "flops_per_position", "events_per_sec", "step", "bayes_factorized_loss", "unigram_loss", "devices",
+           "train_seconds"]
+
+
+def _row(name, n, *, backbone="transformer", users=1000, budget="", alpha=0.3, bayes=True, steps=100):
+  loss = 1.0 + (1e5 / n) ** alpha * (1.0 + 100.0 / users)
+  return {"name": name, "config": "configs/default.py", "arg": "", "overrides": "{}", "flops_budget": budget,
+          "backbone": backbone, "batch_size": 32, "num_train_users": users, "test_loss": loss, "gap_closed": 0.5,
+          "non_embedding_params": n, "params": n + 5000, "train_flops": 6 * n * 32 * steps,
+          "flops_per_position": 6 * n, "step": steps, "bayes_factorized_loss": 1.0 if bayes else "",
+          "unigram_loss": 5.0, "devices": 1, "train_seconds": 10.0}
+
+
+def _write_sweep(tmp_path, rows):
   with open(tmp_path / "results.csv", "w", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=cols)
+    w = csv.DictWriter(f, fieldnames=COLUMNS)
     w.writeheader()
-    for i, n in enumerate(sizes):
-      name = f"run{i}"
-      loss = 1.0 + (1e5 / n) ** 0.3
-      w.writerow({"name": name, "config": "configs/synthetic.py", "arg": f"size{i}",
-                  "overrides": json.dumps({"train.batch_size": 32}), "test_loss": loss, "gap_closed": 0.5,
-                  "non_embedding_params": n, "params": n + 5000, "train_flops": 6 * n * 1e5,
-                  "flops_per_position": 6 * n, "events_per_sec": 1000.0, "step": 100,
-                  "bayes_factorized_loss": 1.0 if bayes else "", "unigram_loss": 5.0})
-      os.makedirs(tmp_path / "runs" / name)
-      with open(tmp_path / "runs" / name / "metrics.jsonl", "w") as m:
+    for r in rows:
+      w.writerow(r)
+      os.makedirs(tmp_path / "runs" / r["name"], exist_ok=True)
+      with open(tmp_path / "runs" / r["name"] / "metrics.jsonl", "w") as m:
         for step in (10, 50, 100):
-          m.write(json.dumps({"step": step, "train/loss": loss + 1.0 / step, "eval/loss": loss + 2.0 / step}) + "\n")
+          m.write(json.dumps({"step": step, "train/loss": r["test_loss"] + 1.0 / step,
+                              "eval/loss": r["test_loss"] + 2.0 / step}) + "\n")
 
 
 def test_report(tmp_path):
-  _write_sweep(tmp_path, [1e3, 3e3, 1e4, 3e4, 1e5])
-  path = scaling.report(str(tmp_path))
+  sizes = [1e3, 3e3, 1e4, 3e4, 1e5, 3e5]
+  rows = [_row(f"t{i}", n) for i, n in enumerate(sizes)]
+  rows += [_row(f"lstm{i}", n, backbone="lstm", alpha=0.1) for i, n in enumerate(sizes[:4])]
+  rows += [_row(f"t{i}_u{u}", n, users=u) for i, n in enumerate(sizes[:2]) for u in (100, 300)]  # data sweep
+  rows += [_row(f"b{i}", n, budget=1e12, steps=int(1e12 / (6 * n * 32))) for i, n in enumerate(sizes[:3])]
+  _write_sweep(tmp_path, rows)
+  path = sweep_report.report(str(tmp_path), title="Test sweep")
   assert path == str(tmp_path / "REPORT.md")
   text = open(path).read()
-  assert "α" in text and "Excess loss" in text and "frontier" in text and "run4" in text
-  for name in ("fit.json", "loss_vs_params.png", "learning_curves.png"):
+  assert text.startswith("# Test sweep") and "R²" in text and "Loss vs data" in text and "Fixed compute" in text
+  assert "★" in text and "frontier" in text
+  for name in ("fit.json", "loss_vs_params.png", "loss_vs_data.png", "loss_vs_flops.png", "learning_curves.png"):
     assert (tmp_path / name).stat().st_size > 0
   fit = json.load(open(tmp_path / "fit.json"))
-  assert fit["excess_loss"]["alpha"] == pytest.approx(0.3, rel=0.02)
-  assert len(fit["frontier"]) == 5
-  assert len(fit["data"]) == 5 and "L(D)" in text
-  assert fit["data"][0]["alpha_d"] == pytest.approx(1.0, rel=0.02)  # eval/loss = L + 64 / (32 step)
+  by_backbone = {g["backbone"]: g for g in fit["size_fits"] if g["num_train_users"] == 1000}
+  assert by_backbone["transformer"]["excess_loss"]["alpha"] == pytest.approx(0.3, rel=0.02)
+  assert by_backbone["transformer"]["excess_loss"]["r2"] > 0.999
+  assert by_backbone["lstm"]["excess_loss"]["alpha"] == pytest.approx(0.1, rel=0.02)
+  assert len(fit["data"]) == 2  # the two models trained on 100 / 300 / 1000 users
+  small, large = sorted(fit["data"].values(), key=lambda d: d["non_embedding_params"])
+  assert large["users_to_target"] < small["users_to_target"]  # the larger model needs less data
+  assert fit["compute"][0]["best"] == "b2"
+  assert fit["curves"][0]["alpha_d"] == pytest.approx(1.0, rel=0.02)  # eval/loss = L + 64 / (32 step)
 
 
 def test_report_too_few_sizes(tmp_path):
-  _write_sweep(tmp_path, [1e3, 1e3], bayes=False)
-  text = open(scaling.report(str(tmp_path))).read()
+  _write_sweep(tmp_path, [_row("a", 1e3, bayes=False), _row("b", 1e3, bayes=False)])
+  text = open(sweep_report.report(str(tmp_path))).read()
   assert "Not fitted" in text
   assert (tmp_path / "loss_vs_params.png").exists()

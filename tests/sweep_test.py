@@ -40,6 +40,11 @@ def test_sweep_runs_resumes_and_gathers(tmp_path):
   assert [r["name"] for r in rows] == ["nano", "micro"]
   assert float(rows[0]["non_embedding_params"]) < float(rows[1]["non_embedding_params"])
   assert all(float(r["test_loss"]) > 0 and float(r["train_flops"]) > 0 for r in rows)
+  assert [r["backbone"] for r in rows] == ["transformer"] * 2 and rows[0]["d_model"] == "24"
+  # The runs share one copy of the generated data (one directory per generator setting).
+  assert len(os.listdir(os.path.join(workdir, "generated"))) == 1
+  assert not os.path.exists(os.path.join(workdir, "runs", "nano", "generated_data"))
+  assert os.path.exists(os.path.join(workdir, "REPORT.md"))
 
   again = _run(f"--sweep={sweep}", f"--workdir={workdir}")
   assert again.returncode == 0 and again.stdout.count("done, skipped") == 2
