@@ -16,7 +16,7 @@ import optax
 from absl import logging
 from tqdm import tqdm
 
-from gpt_ads import accounting, checkpoint, config_lib, logbook, negatives, objective, optim, sharding
+from gpt_ads import accounting, api, checkpoint, config_lib, logbook, negatives, objective, optim, sharding
 from gpt_ads import train_state as train_state_lib
 from gpt_ads.data import datasets, pipeline
 from gpt_ads.model import Model, ModelConfig
@@ -110,6 +110,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   data = datasets.load(config, workdir)
   schema = data.schema
   model = Model(schema, ModelConfig.from_config(config.model))
+  api.save_run_file(workdir, schema, config)  # what gpt_ads.api.load needs besides the checkpoints
   tx, lr_schedule = optim.make(config.train)
   unigram_log_q = {f.name: jnp.asarray(negatives.unigram_log_probs(data.counts[f.name], f.vocab_size))
                    for f in schema.sampled if f.sampler in ("unigram", "in_batch") and f.name in data.counts}

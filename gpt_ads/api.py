@@ -1,0 +1,234 @@
+"""The public API for other JAX projects: load a trained run, then pure functions of (params, batch).
+
+    from gpt_ads import api
+    params, schema, config = api.load("/tmp/gpt_ads_demo")
+    batch = api.make_batch(schema, {"event_type": [[3, 4, 2]], "ad_id": [[17, 17, 250]], ...}, length=64)
+    logits, hidden = api.apply(params, batch, schema=schema, config=config)
+    user = api.embed(params, batch, schema=schema, config=config, pooling="mean")        # [b, d]
+    logp = api.score(params, batch, "ad_id", candidates, schema=schema, config=config)   # [b, n]
+    more = api.sample(params, batch, jax.random.key(0), num_events=5, schema=schema, config=config)
+
+Every function is pure in (params, batch, rng) and composes with `jax.jit`, `jax.vmap` and `jax.grad`; bind
+`schema` / `config` (static) with `functools.partial` before jitting.
+
+Batch layout (what `make_batch` builds): {feature: int32 [b, t] ids, "segment_ids": [b, t] (1 on a row's events,
+0 on padding), "positions": [b, t]}; each row is ONE user's events, left-aligned. "The next event" of a row is the
+one after its last event. Ids follow the schema's conventions (0 PAD, 1 OOV, 2.. values; the prepared data set's
+schema.json maps raw values to ids).
+"""
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from gpt_ads import features, losses
+from gpt_ads.model import Model, ModelConfig
+from gpt_ads.model.heads import NEG_INF, copy_bonus, copy_inputs, copy_keys, output_table, valid_ids
+from gpt_ads.model.model import dummy_batch
+
+RUN_FILE = "model.json"  # written by the trainer into its workdir: the config and schema of the run
+Schema, FeatureSpec = features.Schema, features.FeatureSpec
+
+
+def _model(schema: features.Schema, config) -> Model:
+  cfg = config if isinstance(config, ModelConfig) else ModelConfig.from_config(config.model)
+  return Model(schema, cfg)
+
+
+def save_run_file(workdir: str, schema: features.Schema, config) -> None:
+  """Writes `workdir/model.json` ({"config", "schema": [feature, ...] in schema order}), what `load` needs
+  besides the checkpoint."""
+  from gpt_ads import logbook
+  logbook.write_json(os.path.join(workdir, RUN_FILE),
+                     {"config": json.loads(config.to_json_best_effort()),
+                      "schema": [dataclasses.asdict(f) for f in schema]})
+
+
+def load(workdir: str, step: int | None = None):
+  """-> (params, schema, config) of the run in `workdir` (its latest checkpoint, or `step`), on one device."""
+  from gpt_ads import checkpoint, optim, sharding, train_state
+  path = os.path.join(workdir, RUN_FILE)
+  if not os.path.exists(path):
+    raise ValueError(f"{path} does not exist: --workdir must be a gpt-ads-train run directory")
+  with open(path) as f:
+    meta = json.load(f)
+  config = ml_collections.ConfigDict(meta["config"])
+  schema = features.Schema(tuple(features.FeatureSpec(**f) for f in meta["schema"]))
+  model = _model(schema, config)
+  tx, _ = optim.make(config.train)
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), sharding.MESH_AXES)
+  abstract, _ = train_state.abstract_and_shardings(model, tx, mesh, sharding.rules(config))
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    raise ValueError(f"{workdir} has no checkpoints/: the run has not saved a checkpoint yet")
+  ckpt = checkpoint.Checkpointer(workdir, keep=1, async_save=False)
+  try:
+    state, _ = ckpt.restore(abstract, step)
+  finally:
+    ckpt.close()
+  if state is None:
+    raise ValueError(f"{workdir}/checkpoints holds no checkpoint: the run has not saved one yet")
+  return state.params, schema, config
+
+
+def init(rng: jax.Array, *, schema: features.Schema, config):
+  """Fresh parameters (unsharded) for `schema` and `config` (the run config, or a ModelConfig)."""
+  import flax.linen as nn
+  model = _model(schema, config)
+  return nn.unbox(model.init({"params": rng}, dummy_batch(schema, 1, model.cfg.max_len))["params"])
+
+
+def make_batch(schema: features.Schema, events: dict, *, length: int) -> dict[str, np.ndarray]:
+  """A batch from per-user id lists: events[feature] = [[ids of user 0], [ids of user 1], ...] (same lengths per
+  user across features), padded to `length`; users longer than `length` keep their last `length` events."""
+  users = [list(map(list, events[f.name])) for f in schema]
+  num = len(users[0])
+  out = {f.name: np.zeros((num, length), np.int32) for f in schema}
+  seg = np.zeros((num, length), np.int32)
+  for i in range(num):
+    n = {len(u[i]) for u in users}
+    if len(n) != 1:
+      raise ValueError(f"user {i}: the features have different numbers of events {sorted(n)}")
+    n = min(n.pop(), length)
+    for f, u in zip(schema, users):
+      out[f.name][i, :n] = u[i][len(u[i]) - n:]
+    seg[i, :n] = 1
+  out["segment_ids"] = seg
+  out["positions"] = np.where(seg > 0, np.arange(length, dtype=np.int32)[None], 0).astype(np.int32)
+  return out
+
+
+def _forward(params, batch, schema, config):
+  return _model(schema, config).apply({"params": params}, batch)
+
+
+def _candidate_logits(params, outputs, spec: features.FeatureSpec, ids: jax.Array) -> jax.Array:
+  """Unnormalized logits [b, t, n] of candidate ids [n] of a sampled feature (dot product + bias + copy term)."""
+  table, bias = output_table(params, spec)
+  logits = jnp.einsum("bte,ne->btn", outputs[spec.name], jnp.take(table, ids, axis=0)) + jnp.take(bias, ids)
+  copy = copy_inputs(outputs, spec)
+  return logits if copy is None else logits + copy_bonus(*copy, ids)
+
+
+def apply(params, batch, *, schema: features.Schema, config):
+  """-> ({feature: log-probabilities [b, t, v] of its value in event t + 1}, hidden [b, t, d]).
+
+  Full vocabulary at every position: O(b t v) memory. For large vocabularies use `score`."""
+  outputs, hidden = _forward(params, batch, schema, config)
+  logp = {}
+  for f in schema:
+    if f.sampled:
+      v = output_table(params, f)[0].shape[0]
+      logits = _candidate_logits(params, outputs, f, jnp.arange(v))
+      logits = jnp.where(valid_ids(f.vocab_size, v), logits, NEG_INF)
+    else:
+      logits = outputs[f.name]
+    logp[f.name] = jax.nn.log_softmax(logits, axis=-1)
+  return logp, hidden
+
+
+def _last_index(batch) -> jax.Array:
+  """[b] the position of each row's last event."""
+  return jnp.maximum(jnp.sum(batch["segment_ids"] > 0, axis=1) - 1, 0)
+
+
+def _at(x, idx):
+  """x [b, t, ...] at positions idx [b] -> [b, 1, ...]."""
+  return jnp.take_along_axis(x, idx.reshape((-1, 1) + (1,) * (x.ndim - 2)), axis=1)
+
+
+def embed(params, batch, *, schema: features.Schema, config, pooling: str = "last") -> jax.Array:
+  """User vectors [b, d]: the hidden state after the last event ("last") or the mean over events ("mean")."""
+  _, hidden = _forward(params, batch, schema, config)
+  if pooling == "last":
+    return _at(hidden, _last_index(batch))[:, 0]
+  if pooling == "mean":
+    m = (batch["segment_ids"] > 0).astype(hidden.dtype)[..., None]
+    return jnp.sum(hidden * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
+  raise ValueError(f"pooling={pooling!r} must be 'last' or 'mean'")
+
+
+def _last_outputs(outputs, spec, idx):
+  """The outputs a feature needs, at each row's last position ([b, 1, ...])."""
+  out = {spec.name: _at(outputs[spec.name], idx)}
+  if spec.copy_lags:
+    for k in copy_keys(spec.name):
+      out[k] = _at(outputs[k], idx)
+  return out
+
+
+def score(params, batch, feature: str, candidates: jax.Array, *, schema: features.Schema, config,
+          vocab_chunk: int = 4096) -> jax.Array:
+  """log p(next event's `feature` = c | history) for candidate ids c: candidates [n] or [b, n] -> [b, n].
+
+  Exact: normalized over the whole vocabulary (in `vocab_chunk` chunks for sampled features, so a 1M-id
+  vocabulary costs O(b · chunk) memory)."""
+  spec = schema[feature]
+  outputs, _ = _forward(params, batch, schema, config)
+  idx = _last_index(batch)
+  cand = jnp.asarray(candidates, jnp.int32)
+  if not spec.sampled:
+    logp = jax.nn.log_softmax(_at(outputs[spec.name], idx)[:, 0], axis=-1)  # [b, v]
+    return jnp.take_along_axis(logp, jnp.broadcast_to(cand, (logp.shape[0],) + cand.shape[-1:]), axis=1)
+  last = _last_outputs(outputs, spec, idx)
+  table, bias = output_table(params, spec)
+  copy = copy_inputs(last, spec)
+  log_z = losses.log_normalizer_chunked(query=last[spec.name], table=table, bias=bias, vocab_size=spec.vocab_size,
+                                        chunk=vocab_chunk, copy=copy)[:, 0]  # [b]
+  if cand.ndim == 1:
+    logits = _candidate_logits(params, last, spec, cand)[:, 0]  # [b, n]
+  else:  # per-row candidates: score row i against its own ids
+    logits = jax.vmap(lambda o, c: _candidate_logits(params, o, spec, c)[0, 0])(
+        jax.tree.map(lambda x: x[:, None], last), cand)
+  logits = jnp.where((cand > features.PAD_ID) & (cand < spec.vocab_size), logits, -jnp.inf)
+  return logits - log_z[:, None]
+
+
+def _sample_feature(rng, logits, temperature: float, top_k: int):
+  """One id per row from logits [b, v] with temperature and (top_k > 0) top-k truncation."""
+  logits = logits / max(temperature, 1e-6)
+  if top_k:
+    kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+    logits = jnp.where(logits >= kth, logits, -jnp.inf)
+  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+def sample(params, batch, rng: jax.Array, *, num_events: int, schema: features.Schema, config,
+           temperature: float = 1.0, top_k: int = 0):
+  """Appends `num_events` generated events to every row (each feature drawn from its factorized next-event
+  distribution, as the model defines it) and returns the extended batch. Rows must have room: events past the
+  batch length are dropped."""
+  num_events = int(num_events)
+
+  def step(i, carry):
+    b, key = carry
+    outputs, _ = _forward(params, b, schema, config)
+    idx = _last_index(b)
+    new_pos = idx + 1
+    rows = jnp.arange(idx.shape[0])
+    for j, f in enumerate(schema):
+      if f.sampled:
+        v = output_table(params, f)[0].shape[0]
+        last = _last_outputs(outputs, f, idx)
+        logits = _candidate_logits(params, last, f, jnp.arange(v))[:, 0]
+        logits = jnp.where(valid_ids(f.vocab_size, v), logits, -jnp.inf)
+      else:
+        logits = jnp.where(valid_ids(f.vocab_size, outputs[f.name].shape[-1]), _at(outputs[f.name], idx)[:, 0],
+                           -jnp.inf)
+      ids = _sample_feature(jax.random.fold_in(jax.random.fold_in(key, i), j), logits, temperature, top_k)
+      b = {**b, f.name: b[f.name].at[rows, new_pos].set(ids, mode="drop")}
+    b["segment_ids"] = b["segment_ids"].at[rows, new_pos].set(b["segment_ids"][:, 0], mode="drop")
+    b["positions"] = b["positions"].at[rows, new_pos].set(_at(b["positions"], idx)[:, 0] + 1, mode="drop")
+    return b, key
+
+  batch = {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()}
+  out, _ = jax.lax.fori_loop(0, num_events, step, (batch, rng))
+  return out
+
+
+__all__ = ["FeatureSpec", "Schema", "apply", "embed", "init", "load", "make_batch", "sample", "save_run_file",
+           "score"]
