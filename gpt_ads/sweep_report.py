@@ -108,10 +108,11 @@ def _size_section(fits) -> list[str]:
             "|---|---|---|---|---|---|---|---|---|"]
   for key, f in fits.items():
     t, e = f["test_loss"], f["excess_loss"]
-    cells = [_label(key), str(t["runs"]), f"{t['n_min']:.3g} – {t['n_max']:.3g}", f"{t['alpha']:.4f}",
-             f"{t['alpha_ci'][0]:.4f} – {t['alpha_ci'][1]:.4f}", f"{t['r2']:.3f}"]
-    cells += ([f"{e['alpha']:.4f}", f"{e['alpha_ci'][0]:.4f} – {e['alpha_ci'][1]:.4f}", f"{e['r2']:.3f}"]
-              if e else ["-", "-", "-"])
+    def ci(fit):  # resampling 3 runs only ever refits the same 3 distinct points: no interval
+      return f"{fit['alpha_ci'][0]:.4f} – {fit['alpha_ci'][1]:.4f}" if fit["runs"] >= 4 else "- (< 4 sizes)"
+    cells = [_label(key), str(t["runs"]), f"{t['n_min']:.3g} – {t['n_max']:.3g}", f"{t['alpha']:.4f}", ci(t),
+             f"{t['r2']:.3f}"]
+    cells += [f"{e['alpha']:.4f}", ci(e), f"{e['r2']:.3f}"] if e else ["-", "-", "-"]
     lines.append("| " + " | ".join(cells) + " |")
   lines += ["", "Extrapolations (fit / bootstrap median and 95% interval):", "",
             "| runs | target | N | predicted | median | 95% CI |", "|---|---|---|---|---|---|"]
@@ -122,6 +123,8 @@ def _size_section(fits) -> list[str]:
         continue
       for x, (med, lo, hi) in fit["extrapolated"].items():
         pred = float(scaling._law(float(x), fit["alpha"], fit["n_c"], fit["l_inf"]))
+        if fit["runs"] < 4:
+          med, lo, hi = pred, float("nan"), float("nan")
         lines.append(f"| {_label(key)} | {what.replace('_', ' ')} | {float(x):.3g} | {pred:.4f} | {med:.4f} | "
                      f"{lo:.4f} – {hi:.4f} |")
   return lines + [""]
@@ -185,7 +188,7 @@ def _compute_section(rows):
     return [], []
   lines = ["## Fixed compute", "", "At each training-FLOPs budget the runs trade model size against serial steps "
            "(the study's configuration tables); ★ marks the lowest test loss.", "",
-           "| budget (FLOPs) | backbone | run | N | batch size | steps | devices | wall s | test loss | |",
+           "| budget (FLOPs) | backbone | run | N | batch size | steps | devices | train s | test loss | |",
            "|---|---|---|---|---|---|---|---|---|---|"]
   out = []
   for (backbone, budget) in sorted(budgets, key=lambda k: (k[0], k[1])):
@@ -255,7 +258,7 @@ def _plot_flops(plt, path, workdir, rows, front):
     if not pts:
       continue
     label = f"N={r['_n']:,.0f}" if r["_n"] not in colours else None
-    line = ax.loglog(*zip(*pts), "-", alpha=0.7, color=colours.get(r["_n"]), label=label)
+    line = ax.loglog(*zip(*pts), ".-", alpha=0.7, color=colours.get(r["_n"]), label=label)
     colours.setdefault(r["_n"], line[0].get_color())
   if front:
     ax.loglog([f for f, _, _ in front], [l for _, l, _ in front], "k*--", ms=9, label="frontier (test loss)")
@@ -285,7 +288,7 @@ def _plot_curves(plt, path, workdir, rows):
 def report(workdir: str, *, title: str = "Scaling report", with_floor: bool = False) -> str:
   """Writes REPORT.md, fit.json and the PNGs into `workdir` from its results.csv; returns the REPORT.md path."""
   rows = _rows(workdir)
-  lines = [f"# {title}", "", "| run | backbone | non-embedding params | params | devices | wall s | train FLOPs | "
+  lines = [f"# {title}", "", "| run | backbone | non-embedding params | params | devices | train s | train FLOPs | "
            "batch size | steps | train users | test loss | gap closed |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     lines.append(f"| {r['name']} | {r['_key'][0]} | {_fmt(r['_n'], ',.0f')} | {_fmt(_num(r.get('params')), ',.0f')} | "
