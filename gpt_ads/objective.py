@@ -54,23 +54,29 @@ def training_loss(params, outputs: dict[str, jax.Array], batch: dict[str, jax.Ar
   return total, per_feature
 
 
+def exact_nll(params, outputs: dict[str, jax.Array], batch: dict[str, jax.Array], *, schema: features_lib.Schema,
+              chunk: int):
+  """EXACT full-vocabulary NLL per target: -> ({name: nll [b, t-1]}, {name: mask [b, t-1] bool})."""
+  labels, mask = targets(batch, schema)
+  nll = {}
+  for f in schema:
+    out = outputs[f.name][:, :-1]
+    if f.sampled:
+      table, bias = output_table(params, f)
+      nll[f.name] = losses.full_softmax_nll_chunked(query=out, labels=labels[f.name], table=table, bias=bias,
+                                                    vocab_size=f.vocab_size, chunk=chunk, copy=_copy(outputs, f))
+    else:
+      nll[f.name] = losses.softmax_xent(logits=out, labels=labels[f.name])
+  return nll, mask
+
+
 def exact_nll_sums(params, outputs: dict[str, jax.Array], batch: dict[str, jax.Array], *,
                    schema: features_lib.Schema, chunk: int):
   """EXACT full-vocabulary NLL for every feature: -> ({name: sum of nll}, {name: number of targets}).
 
   Sums (not means) so that the caller can add them over batches and hosts and divide once.
   """
-  labels, mask = targets(batch, schema)
-  sums, counts = {}, {}
-  for f in schema:
-    out = outputs[f.name][:, :-1]
-    if f.sampled:
-      table, bias = output_table(params, f)
-      nll = losses.full_softmax_nll_chunked(query=out, labels=labels[f.name], table=table, bias=bias,
-                                            vocab_size=f.vocab_size, chunk=chunk, copy=_copy(outputs, f))
-    else:
-      nll = losses.softmax_xent(logits=out, labels=labels[f.name])
-    m = mask[f.name]
-    sums[f.name] = jnp.sum(jnp.where(m, nll, 0.0))
-    counts[f.name] = jnp.sum(m.astype(jnp.int32))
+  nll, mask = exact_nll(params, outputs, batch, schema=schema, chunk=chunk)
+  sums = {name: jnp.sum(jnp.where(m, nll[name], 0.0)) for name, m in mask.items()}
+  counts = {name: jnp.sum(m.astype(jnp.int32)) for name, m in mask.items()}
   return sums, counts
