@@ -57,12 +57,18 @@ def auc(scores, labels) -> float:
 
 
 def recall_at_fpr(scores, labels, fpr: float) -> float:
-  """Share of positives scored strictly above the threshold that at most `fpr` of the negatives exceed."""
+  """True-positive rate at false-positive rate `fpr`: the ROC curve read at `fpr`. Users tied at the threshold
+  are flagged with the probability that makes the FPR exactly `fpr` (a randomized threshold), so scores with
+  many ties (e.g. a posterior that settles on one segment) are not penalized for them."""
   scores, pos = np.asarray(scores, float), np.asarray(labels) > 0.5
   if not pos.any() or pos.all():
     return float("nan")
-  thr = np.quantile(scores[~pos], 1.0 - fpr, method="higher")
-  return float(np.mean(scores[pos] > thr))
+  neg = np.sort(scores[~pos])[::-1]
+  allowed = fpr * len(neg)  # false positives the threshold may let through
+  thr = neg[min(int(np.floor(allowed)), len(neg) - 1)]
+  above, tied = np.sum(neg > thr), np.sum(neg == thr)
+  q = float(np.clip((allowed - above) / tied, 0.0, 1.0))
+  return float(np.mean(scores[pos] > thr) + q * np.mean(scores[pos] == thr))
 
 
 def metrics(scores, labels) -> dict:

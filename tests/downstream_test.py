@@ -23,9 +23,12 @@ def test_auc_and_recall_at_fpr():
   assert downstream.auc(scores, labels) == pytest.approx(brute)
   assert downstream.auc([1, 1, 1, 1], [0, 1, 0, 1]) == pytest.approx(0.5)  # ties count half
   r = downstream.recall_at_fpr(scores, labels, 0.05)
-  thr = np.sort(neg)[int(np.ceil(0.95 * (len(neg) - 1)))]
-  assert np.mean(neg > thr) <= 0.05 and r == pytest.approx(np.mean(pos > thr))
+  k = int(0.05 * len(neg))  # no ties: flag exactly the top k negatives' threshold
+  thr = np.sort(neg)[::-1][k]
+  assert np.sum(neg > thr) == k and r == pytest.approx(np.mean(pos > thr))
   assert downstream.recall_at_fpr([0.1, 0.9, 0.2, 0.8], [0, 1, 0, 1], 0.01) == 1.0
+  # Ties at the threshold: 10 negatives and 10 positives all tied -> FPR 0.1 flags a tenth of the positives.
+  assert downstream.recall_at_fpr(np.ones(20), np.arange(20) < 10, 0.1) == pytest.approx(0.1)
 
 
 @pytest.fixture(scope="module")
