@@ -40,13 +40,22 @@ def _model(schema: features.Schema, config) -> Model:
   return Model(schema, cfg)
 
 
-def save_run_file(workdir: str, schema: features.Schema, config) -> None:
-  """Writes `workdir/model.json` ({"config", "schema": [feature, ...] in schema order}), what `load` needs
-  besides the checkpoint."""
+def save_run_file(workdir: str, schema: features.Schema, config, data_dir: str = "") -> None:
+  """Writes `workdir/model.json` ({"config", "schema": [feature, ...] in schema order, "data_dir": the prepared
+  data set trained on}), what `load` needs besides the checkpoint."""
   from gpt_ads import logbook
   logbook.write_json(os.path.join(workdir, RUN_FILE),
                      {"config": json.loads(config.to_json_best_effort()),
-                      "schema": [dataclasses.asdict(f) for f in schema]})
+                      "schema": [dataclasses.asdict(f) for f in schema], "data_dir": os.path.abspath(data_dir)})
+
+
+def run_data_dir(workdir: str) -> str:
+  """The prepared data set the run in `workdir` trained on ("" if unknown)."""
+  path = os.path.join(workdir, RUN_FILE)
+  if not os.path.exists(path):
+    return ""
+  with open(path) as f:
+    return json.load(f).get("data_dir", "")
 
 
 def load(workdir: str, step: int | None = None):
@@ -230,5 +239,6 @@ def sample(params, batch, rng: jax.Array, *, num_events: int, schema: features.S
   return out
 
 
-__all__ = ["FeatureSpec", "Schema", "apply", "embed", "init", "load", "make_batch", "sample", "save_run_file",
+__all__ = ["FeatureSpec", "Schema", "apply", "embed", "init", "load", "make_batch", "run_data_dir", "sample",
+           "save_run_file",
            "score"]

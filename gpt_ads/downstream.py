@@ -1,4 +1,4 @@
-"""`gpt-ads-downstream --workdir=DIR --data_dir=DATA --label=COLUMN --task=probe|finetune|anomaly`.
+"""`gpt-ads-downstream --workdir=DIR [--data_dir=DATA] --label=COLUMN --task=probe|finetune|anomaly`.
 
 Uses a pre-trained run (gpt_ads.api) for a per-user binary label of a prepared data set (its schema.json
 `labels`; generated data carries `is_bot` and `converted`) and writes `DIR/downstream/<label>_<task>.json`:
@@ -9,7 +9,7 @@ Uses a pre-trained run (gpt_ads.api) for a per-user binary label of a prepared d
   anomaly   no label is used for fitting: per-user scores from the pre-trained model alone — mean exact NLL per
             predicted event (`nll`), each feature's mean NLL (`surprise/<feature>`), the user vector's negative
             log density under a Gaussian fitted to training users (`density`), and `combined`, the mean of the
-            nll and density scores standardized on the training users. The headline metrics are `combined`'s.
+            nll and density scores standardized on the validation users. The headline metrics are `combined`'s.
 
 Every task writes `auc` and `recall_at_fpr` ({"0.01": ..., "0.05": ...}: the share of positives scored above the
 threshold that flags that fraction of negatives — the study's invalid-traffic recall at a fixed FPR). On
@@ -33,7 +33,7 @@ FPRS = (0.01, 0.05)
 
 def _define_flags() -> None:
   flags.DEFINE_string("workdir", None, "A gpt-ads-train run directory (its latest checkpoint is used).")
-  flags.DEFINE_string("data_dir", None, "Prepared data set with the label (generated data: WORKDIR/generated_data).")
+  flags.DEFINE_string("data_dir", None, "Prepared data set with the label (default: the one the run trained on).")
   flags.DEFINE_string("label", None, "Binary label column of the data set (e.g. is_bot, converted).")
   flags.DEFINE_enum("task", None, list(TASKS), "probe | finetune | anomaly.")
   flags.DEFINE_enum("pooling", "last", ["last", "mean"], "User vector: hidden state after the last event, or mean.")
@@ -41,7 +41,7 @@ def _define_flags() -> None:
   flags.DEFINE_integer("finetune_steps", 300, "finetune: optimizer steps.")
   flags.DEFINE_float("finetune_lr", 3e-4, "finetune: AdamW learning rate (encoder and head).")
   flags.DEFINE_integer("batch_size", 256, "Users per forward pass (finetune: per step, capped at 64).")
-  flags.mark_flags_as_required(["workdir", "data_dir", "label", "task"])
+  flags.mark_flags_as_required(["workdir", "label", "task"])
 
 
 # ---- metrics ---------------------------------------------------------------------------------------------------
@@ -217,15 +217,16 @@ def finetune(ctx) -> dict:
 
 def anomaly(ctx) -> dict:
   nll_te = ctx.nll("test")
-  nll_tr = ctx.nll("train")
+  nll_ref = ctx.nll("validation")  # standardizes the nll score (exact NLL is the costly part: not on train)
   total_te = np.nansum(np.stack(list(nll_te.values())), 0)
-  total_tr = np.nansum(np.stack(list(nll_tr.values())), 0)
+  total_tr = np.nansum(np.stack(list(nll_ref.values())), 0)
   e_tr, e_te = ctx.embed("train"), ctx.embed("test")
+  e_ref = ctx.embed("validation")
   mu = e_tr.mean(0)
   cov = np.cov(e_tr - mu, rowvar=False) + 1e-3 * np.eye(e_tr.shape[1])  # shrunk: stays invertible
   prec = np.linalg.inv(cov)
   density_te = np.einsum("nd,de,ne->n", e_te - mu, prec, e_te - mu)  # -2 log density + const
-  density_tr = np.einsum("nd,de,ne->n", e_tr - mu, prec, e_tr - mu)
+  density_tr = np.einsum("nd,de,ne->n", e_ref - mu, prec, e_ref - mu)
   z = lambda x, ref: (x - ref.mean()) / (ref.std() + 1e-9)  # noqa: E731
   combined = 0.5 * (z(total_te, total_tr) + z(density_te, density_tr))
   y = ctx.labels["test"]
@@ -298,8 +299,13 @@ class _Context:
     return self._nll[split]
 
 
-def run_task(workdir: str, data_dir: str, label: str, task: str, **opts) -> dict:
-  """Runs one task and writes `workdir/downstream/<label>_<task>.json`; returns its content."""
+def run_task(workdir: str, data_dir: str | None, label: str, task: str, **opts) -> dict:
+  """Runs one task and writes `workdir/downstream/<label>_<task>.json`; returns its content. `data_dir` None:
+  the data set the run trained on."""
+  from gpt_ads import api
+  data_dir = data_dir or api.run_data_dir(workdir)
+  if not data_dir:
+    raise ValueError(f"{workdir}: the run does not record its data set; pass --data_dir")
   if task not in TASKS:
     raise ValueError(f"--task={task!r} must be one of {TASKS}")
   opts = {"pooling": "last", "max_users": 20_000, "finetune_steps": 300, "finetune_lr": 3e-4, "batch_size": 256,

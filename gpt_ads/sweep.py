@@ -3,7 +3,8 @@
 A sweep file defines `get_sweep(arg) -> [run, ...]`; a run is {"name", "config" (a config file path), "arg" (its
 `get_config` argument), "overrides" ({dotted key: value}), optionally "flops_budget" (training FLOPs: the run
 gets the steps that spend them, so model size trades against steps at fixed compute)}, usually built with
-`grid`; data fractions are `data.num_train_users` values. Each run trains in
+`grid`; data fractions are `data.num_train_users` values. `--downstream=LABEL:TASK,...` also runs
+gpt-ads-downstream on every run (the report then has the study's lift table). Each run trains in
 `DIR/runs/<name>`: runs one after another here (resumable: a run with an eval.json is skipped, a half-done run
 resumes from its checkpoints), or `--print_commands` prints one `gpt-ads-train` command per run for a cluster.
 Every finished run's eval.json (and the config keys of CONFIG_KEYS) is gathered into `DIR/results.csv` (one row
@@ -30,6 +31,9 @@ def _define_flags() -> None:
   flags.DEFINE_bool("print_commands", False, "Print one gpt-ads-train command per run instead of running.")
   flags.DEFINE_string("only", None, "Comma-separated run names to run (default: all).")
   flags.DEFINE_string("title", "Scaling report", "Title of DIR/REPORT.md.")
+  flags.DEFINE_list("downstream", [], "LABEL:TASK pairs (e.g. converted:probe,is_bot:anomaly) run with "
+                    "gpt-ads-downstream on every finished run (skipped when done); REPORT.md gets the lift table.")
+  flags.DEFINE_integer("downstream_max_users", 20_000, "--max_users of the downstream tasks.")
   flags.mark_flags_as_required(["sweep", "workdir"])
 
 RESULT_KEYS = ("test_loss", "gap_closed", "non_embedding_params", "params", "train_flops", "flops_per_position",
@@ -165,7 +169,10 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   try:
-    runs = load_sweep(FLAGS.sweep)
+    runs = all_runs = load_sweep(FLAGS.sweep)
+    tasks = [tuple(x.split(":", 1)) for x in FLAGS.downstream]
+    if any(len(t) != 2 for t in tasks):
+      raise ValueError(f"--downstream={','.join(FLAGS.downstream)}: give LABEL:TASK pairs")
     if FLAGS.only:
       wanted = set(FLAGS.only.split(","))
       unknown = wanted - {r["name"] for r in runs}
@@ -185,7 +192,15 @@ def main(argv):
       print(f"[{i}/{len(runs)}] {run['name']}: {command(run, FLAGS.workdir)}", flush=True)
       result = train.train_and_evaluate(run_config(run, FLAGS.workdir), run_dir)
       print(f"[{i}/{len(runs)}] {run['name']}: test_loss={result['test_loss']:.4f}", flush=True)
-    print(f"wrote {gather(runs, FLAGS.workdir)}")
+    if tasks:
+      from gpt_ads import downstream
+      for run in runs:
+        run_dir = os.path.join(FLAGS.workdir, "runs", run["name"])
+        for label, task in tasks:
+          if not os.path.exists(os.path.join(run_dir, "downstream", f"{label}_{task}.json")):
+            r = downstream.run_task(run_dir, None, label, task, max_users=FLAGS.downstream_max_users)
+            print(f"{run['name']}: {label} {task} auc={r['auc']:.4f}", flush=True)
+    print(f"wrote {gather(all_runs, FLAGS.workdir)}")
     from gpt_ads import sweep_report
     print(f"wrote {sweep_report.report(FLAGS.workdir, title=FLAGS.title)}")
   except (ValueError, FloatingPointError) as e:

@@ -9,7 +9,9 @@ Sections, each written only when the sweep has the runs for it (shaped like the 
   loss vs data    test loss per model and training-set size, and the data each model needs to reach a common
                   target loss; L(D) fitted to every run's learning curve;
   fixed compute   per FLOPs budget, the runs that trade model size against steps, best marked;
-  frontier        the compute-efficient frontier over all runs.
+  frontier        the compute-efficient frontier over all runs;
+  downstream      for runs with gpt-ads-downstream results (runs/<name>/downstream/*.json), AUC and recall at
+                  1% FPR per model size and their lift over the group's smallest model (the study's Table 5).
 Files: REPORT.md, fit.json (every number of the report), loss_vs_params.png, loss_vs_data.png,
 loss_vs_flops.png, learning_curves.png.
 """
@@ -205,6 +207,51 @@ def _compute_section(rows):
   return lines + [""], out
 
 
+def _downstream_section(workdir, rows):
+  """Lift table: per group of runs differing only in size, each task's AUC / recall@1% and lift over the smallest."""
+  results = {}
+  for r in rows:
+    d = os.path.join(workdir, "runs", r["name"], "downstream")
+    if os.path.isdir(d):
+      for fname in sorted(os.listdir(d)):
+        if fname.endswith(".json"):
+          with open(os.path.join(d, fname)) as f:
+            results.setdefault(r["name"], {})[fname[:-5]] = json.load(f)
+  if not results:
+    return [], {}
+  groups = collections.defaultdict(list)
+  for r in rows:
+    if r["name"] in results and r["_n"]:
+      groups[r["_key"]].append(r)
+  lines = ["## Downstream tasks by model size", "", "gpt-ads-downstream on each run (test users): AUC and recall at "
+           "1% FPR, with the lift over the group's smallest model in brackets — the study's Table 5.", ""]
+  out = {}
+  for key, rs in groups.items():
+    rs = sorted(rs, key=lambda r: r["_n"])
+    tasks = sorted({t for r in rs for t in results[r["name"]]})
+    lines += [f"**{_label(key)}**", "", "| run | N | test loss | " + " | ".join(
+        f"{t} AUC | {t} recall@1%" for t in tasks) + " |", "|---|---|---|" + "---|---|" * len(tasks)]
+    base = results[rs[0]["name"]]
+    for r in rs:
+      cells = [r["name"], f"{r['_n']:,.0f}", _fmt(r["_loss"])]
+      for t in tasks:
+        res, b = results[r["name"]].get(t), base.get(t)
+        for get in (lambda x: x["auc"], lambda x: x["recall_at_fpr"]["0.01"]):
+          v, v0 = (get(res) if res else None), (get(b) if b else None)
+          lift = f" ({100 * (v / v0 - 1):+.1f}%)" if v is not None and v0 else ""
+          cells.append(f"{_fmt(v, '.4f')}{lift}")
+      lines.append("| " + " | ".join(cells) + " |")
+    bayes = [results[rs[0]["name"]].get(t, {}).get("bayes") for t in tasks]
+    if any(bayes):
+      cells = ["Bayes-optimal", "-", _fmt(rs[0]["_bayes"])]
+      for b in bayes:
+        cells += [_fmt(b["auc"], ".4f"), _fmt(b["recall_at_fpr"]["0.01"], ".4f")] if b else ["-", "-"]
+      lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    out[_label(key)] = {r["name"]: results[r["name"]] for r in rs}
+  return lines, out
+
+
 def _plot_params(plt, path, rows, fits):
   fig, ax = plt.subplots(figsize=(6, 4.5))
   for key, f in fits.items():
@@ -312,6 +359,8 @@ def report(workdir: str, *, title: str = "Scaling report", with_floor: bool = Fa
     lines.append("")
   compute_lines, compute = _compute_section(rows)
   lines += compute_lines
+  downstream_lines, downstream = _downstream_section(workdir, rows)
+  lines += downstream_lines
   front = scaling.frontier([{"name": r["name"], "train_flops": r.get("train_flops"), "test_loss": r["_loss"]}
                             for r in rows])
   lines += ["## Compute-efficient frontier", "", "| train FLOPs | test loss | run |", "|---|---|---|"]
@@ -332,7 +381,7 @@ def report(workdir: str, *, title: str = "Scaling report", with_floor: bool = Fa
 
   out = {"runs": len(rows), "size_fits": [{"group": _label(k), "backbone": k[0], "num_train_users": k[1], **v}
                                           for k, v in fits.items()],
-         "data": data, "curves": curves, "compute": compute,
+         "data": data, "curves": curves, "compute": compute, "downstream": downstream,
          "frontier": [{"train_flops": f, "test_loss": l, "name": nm} for f, l, nm in front]}
   with open(os.path.join(workdir, "fit.json"), "w") as f:
     json.dump(out, f, indent=2, default=float)

@@ -110,7 +110,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   data = datasets.load(config, workdir)
   schema = data.schema
   model = Model(schema, ModelConfig.from_config(config.model))
-  api.save_run_file(workdir, schema, config)  # what gpt_ads.api.load needs besides the checkpoints
+  api.save_run_file(workdir, schema, config, data.prepared.path)  # what gpt_ads.api.load needs besides checkpoints
   tx, lr_schedule = optim.make(config.train)
   unigram_log_q = {f.name: jnp.asarray(negatives.unigram_log_probs(data.counts[f.name], f.vocab_size))
                    for f in schema.sampled if f.sampler in ("unigram", "in_batch") and f.name in data.counts}

@@ -103,11 +103,17 @@ def test_report(tmp_path):
   rows += [_row(f"t{i}_u{u}", n, users=u) for i, n in enumerate(sizes[:2]) for u in (100, 300)]  # data sweep
   rows += [_row(f"b{i}", n, budget=1e12, steps=int(1e12 / (6 * n * 32))) for i, n in enumerate(sizes[:3])]
   _write_sweep(tmp_path, rows)
+  for i, aucs in enumerate([0.6, 0.66, 0.72]):  # downstream results of three ladder runs
+    os.makedirs(tmp_path / "runs" / f"t{i}" / "downstream")
+    with open(tmp_path / "runs" / f"t{i}" / "downstream" / "converted_probe.json", "w") as f:
+      json.dump({"auc": aucs, "recall_at_fpr": {"0.01": 0.1 * (i + 1), "0.05": 0.3},
+                 "bayes": {"auc": 0.8, "recall_at_fpr": {"0.01": 0.5, "0.05": 0.7}}}, f)
   path = sweep_report.report(str(tmp_path), title="Test sweep")
   assert path == str(tmp_path / "REPORT.md")
   text = open(path).read()
   assert text.startswith("# Test sweep") and "R²" in text and "Loss vs data" in text and "Fixed compute" in text
   assert "★" in text and "frontier" in text
+  assert "Table 5" in text and "0.7200 (+20.0%)" in text and "0.3000 (+200.0%)" in text and "Bayes-optimal" in text
   for name in ("fit.json", "loss_vs_params.png", "loss_vs_data.png", "loss_vs_flops.png", "learning_curves.png"):
     assert (tmp_path / name).stat().st_size > 0
   fit = json.load(open(tmp_path / "fit.json"))

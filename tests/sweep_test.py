@@ -46,8 +46,11 @@ def test_sweep_runs_resumes_and_gathers(tmp_path):
   assert not os.path.exists(os.path.join(workdir, "runs", "nano", "generated_data"))
   assert os.path.exists(os.path.join(workdir, "REPORT.md"))
 
-  again = _run(f"--sweep={sweep}", f"--workdir={workdir}")
-  assert again.returncode == 0 and again.stdout.count("done, skipped") == 2
+  again = _run(f"--sweep={sweep}", f"--workdir={workdir}", "--downstream=is_bot:anomaly",
+               "--downstream_max_users=100")
+  assert again.returncode == 0 and again.stdout.count("done, skipped") == 2, again.stderr[-3000:]
+  assert os.path.exists(os.path.join(workdir, "runs", "micro", "downstream", "is_bot_anomaly.json"))
+  assert "Table 5" in open(os.path.join(workdir, "REPORT.md")).read()
 
 
 def test_bad_sweep_is_one_line(tmp_path):
