@@ -10,20 +10,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_flags
 from gpt_ads import api
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-  """A tiny trained run (the command line, as a user would) loaded through the API."""
-  workdir = str(tmp_path_factory.mktemp("api_run"))
-  flags = tiny_flags(**{"train.num_steps": 30, "train.eval_every": 0, "schema.features.ad_id.copy_lags": 2})
-  proc = subprocess.run([sys.executable, "-m", "gpt_ads.main", *flags, f"--workdir={workdir}"], cwd=ROOT,
-                        capture_output=True, text=True, timeout=600, env={**os.environ, "XLA_FLAGS": ""})
-  assert proc.returncode == 0, proc.stderr[-3000:]
+def run(trained_run):
+  """The shared tiny trained run (conftest: trained by the command line, as a user would) loaded through the API."""
+  workdir = trained_run
   params, schema, config = api.load(workdir)
   rng = np.random.default_rng(0)
   lengths = [5, 9, 3]

@@ -49,3 +49,18 @@ def tiny_flags(**overrides) -> list[str]:
 @pytest.fixture
 def tiny():
   return tiny_config()
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+  """A tiny run trained once by the command line (30 steps, ad_id copy term over 2 lags), shared by the tests of
+  what comes after training (public API, export, downstream, README example); returns its workdir."""
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  workdir = str(tmp_path_factory.mktemp("trained_run"))
+  flags = tiny_flags(**{"train.num_steps": 30, "train.eval_every": 0, "schema.features.ad_id.copy_lags": 2})
+  proc = subprocess.run([sys.executable, "-m", "gpt_ads.main", *flags, f"--workdir={workdir}"], cwd=root,
+                        capture_output=True, text=True, timeout=600, env={**os.environ, "XLA_FLAGS": ""})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir

@@ -8,7 +8,6 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import tiny_flags
 from gpt_ads import downstream
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,13 +31,8 @@ def test_auc_and_recall_at_fpr():
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("downstream_run"))
-  proc = subprocess.run([sys.executable, "-m", "gpt_ads.main", *tiny_flags(**{"train.num_steps": 20}),
-                         f"--workdir={workdir}"], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                        env={**os.environ, "XLA_FLAGS": ""})
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return workdir
+def run_dir(trained_run):
+  return trained_run
 
 
 def _downstream(workdir, *args):
