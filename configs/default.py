@@ -1,7 +1,7 @@
 """The default gpt_ads config: a multi-feature GPT on generated ad-activity users.
 
-    gpt-ads-train --config=configs/default.py --workdir=/tmp/demo                     # the demo: ~9 min on 2 cores
-    gpt-ads-train --config=configs/default.py:long --workdir=/tmp/long                # ~57 min on 2 cores
+    gpt-ads-train --config=configs/default.py --workdir=/tmp/demo                     # the demo: ~7.5 min on 2 cores
+    gpt-ads-train --config=configs/default.py:long --workdir=/tmp/long                # ~30 min on 2 cores
     gpt-ads-train --config=configs/default.py:size=large,run=long --workdir=/tmp/l    # another model size
     gpt-ads-train --config=configs/default.py --config.model.num_layers=2 --workdir=/tmp/w
 

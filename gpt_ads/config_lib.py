@@ -23,7 +23,7 @@ MODEL_SIZES = {
 }
 
 # Run recipes (steps, batch, learning rate, data size). "demo": the README's ≤ 10-minute CPU run (gap_closed
-# 0.909 in 9 min 14 s on 2 cores); "long": the ≤ 60-minute CPU run (gap_closed 0.952 in 57 minutes; README Results).
+# 0.961 in 7 min 21 s on 2 cores); "long": the ≤ 60-minute CPU run (gap_closed 0.972 in 30 minutes; README Results).
 RUNS = {
     "demo": dict(size="small", num_steps=800, batch_size=64, learning_rate=2e-3, warmup_steps=100,
                  num_train_users=100_000),
