@@ -6,10 +6,12 @@ Uses a pre-trained run (gpt_ads.api) for a per-user binary label of a prepared d
   probe     logistic regression (L2 chosen on the validation users) on frozen user vectors of the training
             users, evaluated on the test users;
   finetune  a logistic head on the user vector, trained together with the encoder (AdamW, cross-entropy);
-  anomaly   no label is used for fitting: per-user scores from the pre-trained model alone — mean exact NLL per
-            predicted event (`nll`), each feature's mean NLL (`surprise/<feature>`), the user vector's negative
-            log density under a Gaussian fitted to training users (`density`), and `combined`, the mean of the
-            nll and density scores standardized on the validation users. The headline metrics are `combined`'s.
+  anomaly   no label is used for fitting: per-user scores from the pre-trained model alone — how far a user's
+            mean exact NLL per predicted event is from the typical user's, in either direction (`nll`: |z| on
+            validation users; bots are often far more predictable than people), the same per feature
+            (`surprise/<feature>`), the user vector's negative log density under a Gaussian fitted to training
+            users (`density`), and `combined`, the mean of the standardized nll and density scores. The
+            headline metrics are `combined`'s.
 
 Every task writes `auc` and `recall_at_fpr` ({"0.01": ..., "0.05": ...}: the share of positives scored above the
 threshold that flags that fraction of negatives — the study's invalid-traffic recall at a fixed FPR). On
@@ -227,11 +229,14 @@ def anomaly(ctx) -> dict:
   prec = np.linalg.inv(cov)
   density_te = np.einsum("nd,de,ne->n", e_te - mu, prec, e_te - mu)  # -2 log density + const
   density_tr = np.einsum("nd,de,ne->n", e_ref - mu, prec, e_ref - mu)
-  z = lambda x, ref: (x - ref.mean()) / (ref.std() + 1e-9)  # noqa: E731
-  combined = 0.5 * (z(total_te, total_tr) + z(density_te, density_tr))
+  z = lambda x, ref: (x - np.nanmean(ref)) / (np.nanstd(ref) + 1e-9)  # noqa: E731
+  # Two-sided for likelihoods: bots can be far MORE predictable than people (regular gaps, one campaign, the
+  # same ad again), not only less, so an NLL far from the typical user's in either direction is the signal.
+  nll_score = np.abs(z(total_te, total_tr))
+  combined = 0.5 * (nll_score + z(density_te, density_tr))
   y = ctx.labels["test"]
-  scores = {"nll": total_te, "density": density_te, "combined": combined}
-  scores.update({f"surprise/{k}": np.nan_to_num(v, nan=0.0) for k, v in nll_te.items()})
+  scores = {"nll": nll_score, "density": density_te, "combined": combined}
+  scores.update({f"surprise/{k}": np.nan_to_num(np.abs(z(v, nll_ref[k])), nan=0.0) for k, v in nll_te.items()})
   return {"scores": combined, "per_score": {k: metrics(v, y) for k, v in scores.items()}}
 
 
