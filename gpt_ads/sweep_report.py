@@ -207,6 +207,16 @@ def _compute_section(rows):
   return lines + [""], out
 
 
+def _new_axes(plt):
+  return plt.subplots(figsize=(6, 4.5))
+
+
+def _save(plt, fig, path):
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
 def _downstream_section(workdir, rows):
   """Lift table: per group of runs differing only in size, each task's AUC / recall@1% and lift over the smallest."""
   results = {}
@@ -253,7 +263,7 @@ def _downstream_section(workdir, rows):
 
 
 def _plot_params(plt, path, rows, fits):
-  fig, ax = plt.subplots(figsize=(6, 4.5))
+  fig, ax = _new_axes(plt)
   for key, f in fits.items():
     rs = [r for r in rows if r["name"] in f["runs"]]
     n = np.array([r["_n"] for r in rs])
@@ -272,13 +282,11 @@ def _plot_params(plt, path, rows, fits):
   ax.set_xlabel("non-embedding parameters N")
   ax.set_ylabel("test loss (nats / event)")
   ax.legend(fontsize="x-small")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(plt, fig, path)
 
 
 def _plot_data(plt, path, data):
-  fig, ax = plt.subplots(figsize=(6, 4.5))
+  fig, ax = _new_axes(plt)
   for name, d in data.items():
     ax.semilogx(d["users"], d["test_loss"], "o-", label=f"{name} (N={d['non_embedding_params']:,.0f})")
   if data:
@@ -286,14 +294,12 @@ def _plot_data(plt, path, data):
   ax.set_xlabel("training users")
   ax.set_ylabel("test loss")
   ax.legend(fontsize="x-small")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(plt, fig, path)
 
 
 def _plot_flops(plt, path, workdir, rows, front):
   """Each run's learning curve against training FLOPs so far, one colour per model size, and the frontier."""
-  fig, ax = plt.subplots(figsize=(6, 4.5))
+  fig, ax = _new_axes(plt)
   colours = {}
   for r in sorted(rows, key=lambda r: r["_n"] or 0):
     flops, step = _num(r.get("train_flops")), _num(r.get("step"))
@@ -312,13 +318,11 @@ def _plot_flops(plt, path, workdir, rows, front):
   ax.set_xlabel("training FLOPs")
   ax.set_ylabel("loss (curves: eval, or sampled train loss)")
   ax.legend(fontsize="x-small")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(plt, fig, path)
 
 
 def _plot_curves(plt, path, workdir, rows):
-  fig, ax = plt.subplots(figsize=(6, 4.5))
+  fig, ax = _new_axes(plt)
   for r in rows:
     recs = [x for x in _read_jsonl(os.path.join(workdir, "runs", r["name"], "metrics.jsonl")) if "train/loss" in x]
     if recs:
@@ -327,9 +331,7 @@ def _plot_curves(plt, path, workdir, rows):
   ax.set_ylabel("train/loss")
   if ax.lines and len(ax.lines) <= 16:
     ax.legend(fontsize="x-small")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(plt, fig, path)
 
 
 def report(workdir: str, *, title: str = "Scaling report", with_floor: bool = False) -> str:
