@@ -6,10 +6,13 @@ ArrayRecord splits) read by the Grain pipeline. Generated users (gpt_ads.data.sy
 reused while the generator settings are unchanged) and come with exact reference losses on the test users, kept
 in the data set's schema.json: the Bayes-optimal factorized and joint losses and the unigram loss.
 
-The schema: names, vocabulary sizes and loss kinds come from the data set's schema.json; the model-side settings
+The schema: names and vocabulary sizes come from the data set's schema.json; the model-side settings
 (embed_dim, num_negatives, sampler, tied, weight, copy_lags) from `config.schema.defaults`, overridden per feature by
 `config.schema.features.<name>` for the features the data has (entries for features it lacks are ignored, with a
-warning, and so are their vocab_size / loss: the default config lists the generated data's features).
+warning, and so is their vocab_size: the default config lists the generated data's features). The loss kind is
+the data set's unless the feature's config entry sets `loss` (e.g. an exact softmax for a 3K-item catalogue the
+data builder marked `sampled_softmax`). `config.data.features` (optional; empty = all) picks the data set's
+features a run uses, e.g. the item alone.
 """
 
 import dataclasses
@@ -25,7 +28,8 @@ from absl import logging
 from gpt_ads import features as features_lib
 from gpt_ads.data import store, synthetic
 
-_DATA_KEYS = ("vocab_size", "loss")  # what the data set decides
+_DATA_KEYS = ("vocab_size",)  # what the data set decides
+_LOSS = "loss"  # the data set's by default; a config entry may choose another (exact vs sampled)
 _MODEL_KEYS = features_lib.MODEL_SIDE_KEYS  # what the config decides
 
 
@@ -70,18 +74,28 @@ def schema_for(prepared: store.Prepared, config) -> features_lib.Schema:
   if ignored:
     logging.warning("config.schema.features.%s: the data set %s has no such feature(s); ignored (it has %s)",
                     ",".join(ignored), prepared.path, ", ".join(prepared.feature_names))
+  chosen = tuple(config.data.get("features", ()) or ())  # () = every feature of the data set
+  missing = sorted(set(chosen) - set(prepared.feature_names))
+  if missing:
+    raise ValueError(f"config.data.features: the data set {prepared.path} has no feature(s) {missing}; "
+                     f"it has {', '.join(prepared.feature_names)}")
   specs = []
   for f in prepared.meta["features"]:
+    if chosen and f["name"] not in chosen:
+      continue
     o = overrides.get(f["name"], {})
-    unknown = sorted(set(o) - set(_DATA_KEYS) - set(_MODEL_KEYS))
+    unknown = sorted(set(o) - set(_DATA_KEYS) - set(_MODEL_KEYS) - {_LOSS})
     if unknown:
       raise ValueError(f"config.schema.features.{f['name']} has unknown keys {unknown}; "
-                       f"allowed: {sorted(_DATA_KEYS + _MODEL_KEYS)}")
+                       f"allowed: {sorted(_DATA_KEYS + _MODEL_KEYS + (_LOSS,))}")
     for k in _DATA_KEYS:  # the data decides (the default config's entries carry the generated data's values)
       if k in o and o[k] != f[k]:
         logging.info("config.schema.features.%s.%s=%r ignored: the data set has %r", f["name"], k, o[k], f[k])
+    loss = o.get(_LOSS, f["loss"])
+    if loss != f["loss"]:
+      logging.info("config.schema.features.%s.loss=%r replaces the data set's %r", f["name"], loss, f["loss"])
     model_side = {k: o.get(k, defaults[k]) for k in _MODEL_KEYS if k in o or k in defaults}
-    specs.append(features_lib.FeatureSpec(name=f["name"], vocab_size=int(f["vocab_size"]), loss=f["loss"],
+    specs.append(features_lib.FeatureSpec(name=f["name"], vocab_size=int(f["vocab_size"]), loss=loss,
                                           **model_side))
   return features_lib.Schema(tuple(specs))
 
