@@ -23,14 +23,21 @@ Timestamps: numbers in --time_unit (a value of digits only is a number), ISO-860
 strings (no zone = UTC; "Z" / "+02:00" offsets honoured), or Parquet timestamp / date columns.
 
 Bad input (errors are ONE line naming file, row (1-based data row, header excluded) and column; exit status 2;
-nothing is written to --output on error):
-  error   file missing, empty or without data rows; no header; a needed column missing; duplicate header names;
-          a malformed CSV row; an unparsable non-empty timestamp; non-UTF-8 bytes in a used column.
+nothing is written to --output on error; tests/fuzz_test.py runs 70+ malformed files against this policy):
+  error   file missing, a directory, empty or without data rows; no header; a needed column missing; duplicate
+          header names (used or not); a malformed CSV row (wrong field count, an unterminated quote, a file cut
+          mid-row); a file that cannot be read to its end (truncated .gz, damaged Parquet); an unparsable non-empty
+          timestamp (text, a repeated header row, inf, out of int64 nanoseconds); non-UTF-8 bytes in the header
+          or a used column (UTF-16 files included); a Parquet column of another type than string / number
+          (lists, structs, all-null); a feature with no value left; no events or an empty split after dropping.
   drop    rows whose user id or timestamp is empty / null / NaN (stats.rows_dropped.missing_user|missing_time);
           exact duplicate rows (same user, time and feature values): all but the first (stats.duplicate_rows);
           users with fewer than --min_events events after that (stats.users_dropped_too_few_events);
           --input rows of users that are in --test_input (stats.rows_dropped.test_user_in_input).
   map     empty / null / NaN feature values -> OOV (stats.missing_values per column).
+  keep    unsorted rows (sorted per user); negative timestamps (times before 1970); ids of any size or sign, as
+          exact strings; a UTF-8 BOM; \r\n or lone \r line endings; quoted values with newlines; bytes of
+          any kind in columns that are not used.
 Labels (--labels): CSVs whose first column is the user id; numeric columns -> {kind: numeric}, others ->
 {kind: categorical, classes} (value = class index); users without a row get NaN.
 """
@@ -71,8 +78,10 @@ POLICY = {
     "order": "events sorted by time per user, stable (ties keep file order, files in the order given)",
     "vocabulary": "training events only; count >= min_count; top max_vocab by count, ties by value; ids 2.. by "
                   "decreasing count; other values OOV (1)",
-    "errors": "missing/empty files, missing columns, duplicate header names, malformed CSV rows, unparsable "
-              "timestamps and non-UTF-8 bytes stop the run with a one-line error (nothing written)",
+    "errors": "missing/empty files, missing columns, duplicate header names, malformed CSV rows, files that "
+              "cannot be read to their end, unparsable timestamps, non-UTF-8 bytes and unsupported column types "
+              "stop the run with a one-line error (nothing written)",
+    "timestamps": "negative timestamps are times before 1970 and kept; inf or out-of-range ones are errors",
 }
 
 
@@ -153,6 +162,8 @@ def _delimiter(path: str, delimiter: str | None) -> str:
 
 
 def _check_file(path: str) -> None:
+  if os.path.isdir(path):
+    raise ValueError(f"{path}: is a directory; give the event files in it (comma-separated) instead")
   if not os.path.isfile(path):
     raise ValueError(f"{path}: no such file; check --input / --test_input / --labels")
   if os.path.getsize(path) == 0:
@@ -173,14 +184,18 @@ def _csv_header(path: str, delimiter: str) -> tuple[list[str], float]:
   _check_file(path)
   with pa.input_stream(path) as fh:  # decompresses .gz / .bz2 by extension
     head = fh.read(1 << 20)
-  first, _, rest = head.partition(b"\n")
+  first, rest = (re.split(rb"\r\n|\n|\r", head, maxsplit=1) + [b""])[:2]
   try:
-    line = first.decode("utf-8-sig").rstrip("\r")
+    line = first.decode("utf-8-sig")
   except UnicodeDecodeError:
     raise ValueError(f"{path}: row 0 (header): not UTF-8; re-encode the file as UTF-8") from None
   if not line.strip():
     raise ValueError(f"{path}: no header line; the first line must name the columns")
-  return next(csv.reader([line], delimiter=delimiter)), len(rest) / max(rest.count(b"\n"), 1)
+  try:
+    names = next(csv.reader([line], delimiter=delimiter))
+  except csv.Error as e:
+    raise ValueError(f"{path}: row 0 (header): {e}; fix the header line") from None
+  return names, len(rest) / max(rest.count(b"\n") or rest.count(b"\r"), 1)
 
 
 def _csv_parse_error(path: str, delimiter: str, num_columns: int, err: Exception) -> str:
@@ -199,7 +214,18 @@ def _csv_parse_error(path: str, delimiter: str, num_columns: int, err: Exception
 
 
 def _batches(path: str, needed: list[str], options: PrepareOptions):
-  """Yields record batches of the `needed` columns of one file (CSV columns as binary: exact bytes)."""
+  """Yields record batches of the `needed` columns of one file (CSV columns as binary: exact bytes).
+
+  A file that cannot be read to its end (truncated compression, damaged Parquet pages, I/O errors) is a
+  ValueError naming it."""
+  try:
+    yield from _file_batches(path, needed, options)
+  except (OSError, pa.ArrowException) as e:  # our own errors are plain ValueErrors, not these
+    raise ValueError(f"{path}: cannot be read to its end ({' '.join(str(e).split())[:200]}); is the file complete "
+                     "(not truncated) and in the format its extension / --format says?") from None
+
+
+def _file_batches(path: str, needed: list[str], options: PrepareOptions):
   if _file_format(path, options.format) == "parquet":
     import pyarrow.parquet as pq
     _check_file(path)
@@ -291,14 +317,17 @@ def _parse_time(arr: pa.Array, unit: str, path: str, row0: int, col: str) -> tup
   def numbers(mask, values):  # int or float numbers in `unit` -> ns
     v = np.asarray(values.to_numpy(zero_copy_only=False))
     if v.dtype.kind == "f":
-      bad = np.isfinite(v) & (np.abs(v) * TIME_UNITS[unit] >= 9.2e18) | np.isinf(v)
+      bad = np.isinf(v) | (np.isfinite(v) & (np.abs(v) >= 9.2e18 / TIME_UNITS[unit]))
       missing[np.flatnonzero(mask)[np.isnan(v)]] = True
-      v = np.floor(np.nan_to_num(v) * TIME_UNITS[unit])
+      v = np.floor(np.where(np.isfinite(v) & ~bad, v, 0.0) * TIME_UNITS[unit])
     else:
-      bad = np.abs(v) > (2**63 - 1) // TIME_UNITS[unit]
+      limit = (2**63 - 1) // TIME_UNITS[unit]
+      bad = (v > limit) | (v < -limit)
     if bad.any():
       i = np.flatnonzero(mask)[np.argmax(bad)]
-      raise ValueError(f"{path}: row {row0 + i + 1}, column {col!r}: timestamp {arr[i].as_py()!r} is out of "
+      value = arr[i].as_py()
+      value = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+      raise ValueError(f"{path}: row {row0 + i + 1}, column {col!r}: timestamp {value!r} is out of "
                        f"range for --time_unit={unit}")
     ns[mask] = (v * TIME_UNITS[unit]).astype(np.int64) if v.dtype.kind != "f" else v.astype(np.int64)
 
@@ -592,10 +621,16 @@ def prepare(options: PrepareOptions, *, log: Callable[[str], None] = lambda line
       "test" if in_test[u] else user_split(names[u], seed=o.split_seed, val_fraction=o.val_fraction,
                                            test_fraction=0.0 if o.test_input else o.test_fraction)
       for u in seg_user], dtype=object)  # a loop per user
+  if len(seg_user) == 0:
+    dropped = ", ".join(f"{k}={v:,}" for k, v in stats["rows_dropped"].items() if v)
+    raise ValueError(f"no events left: {stats['input_rows']:,} rows read, dropped: {dropped or 'none'}; check "
+                     "--user_col / --time_col / --min_events against the files")
   for s in store.SPLITS:
     if not (split == s).any():
+      hint = ("lower --val_fraction / --test_fraction" if s == "train" else
+              f"raise --{'val' if s == 'validation' else s}_fraction")
       raise ValueError(f"the {s} split has no users ({len(seg_user)} users kept in all); give more users or "
-                       f"raise --{'val' if s == 'validation' else s}_fraction")
+                       f"{hint}")
   train = np.repeat(split == "train", lengths)  # [events]
 
   feats, ids = [], {}
@@ -700,10 +735,30 @@ def main(argv):
         split_seed=f.split_seed, max_vocab=_per_column_flag("max_vocab", f.max_vocab),
         min_count=_per_column_flag("min_count", f.min_count), hash_buckets=hash_buckets,
         min_events=f.min_events, gap_buckets=f.gap_buckets, overwrite=f.overwrite, batch_rows=f.batch_rows)
-    prepare(options, log=lambda line: print(line, flush=True))
-  except (ValueError, OSError, pa.ArrowException) as e:  # pa.ArrowInvalid is a ValueError
-    print(f"gpt-ads-prepare: error: {' '.join(str(e).split())}", file=sys.stderr)
+  except ValueError as e:
+    _error(e)
     sys.exit(2)
+  status = execute(options)
+  if status:
+    sys.exit(status)
+
+
+def _error(e: BaseException) -> None:
+  print(f"gpt-ads-prepare: error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+
+
+def execute(options: PrepareOptions, *, log: Callable[[str], None] = lambda line: print(line, flush=True)) -> int:
+  """What the command does after parsing its flags: `prepare`, with bad input as one line on stderr.
+
+  -> exit status: 0 (the data set is written), 2 (rejected: one line "gpt-ads-prepare: error: ..." on stderr,
+  nothing at --output). Any other exception is a bug and propagates.
+  """
+  try:
+    prepare(options, log=log)
+  except (ValueError, OSError, pa.ArrowException) as e:  # pa.ArrowInvalid is a ValueError
+    _error(e)
+    return 2
+  return 0
 
 
 def run():
