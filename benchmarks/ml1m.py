@@ -1,0 +1,133 @@
+"""MovieLens-1M next-item benchmark: train on this machine, rank all 3,416 items, HR@k / NDCG@k.
+
+    python benchmarks/ml1m.py --data_dir=/work/shared/data --workdir=/tmp/ml1m_bench --out=/tmp/ml1m.json
+
+The protocol of the data set's README (`/work/shared/data/README.md`), exactly: leave-one-out on
+ml-1m/train/input.txt (the last item of each line is the test target, the second-to-last the validation target,
+training sees the rest), every item ranked, the user's input items excluded, all 6,040 users. Metrics:
+gpt_ads.retrieval.
+
+Per variant (`--variants`, default item then multi; configs/ml1m.py:features=<variant>):
+  1. train `configs/ml1m.py` in WORKDIR/<variant> (resumes a half-done run; the data set is prepared once in
+     WORKDIR/data);
+  2. early stopping on validation: every kept checkpoint (the last `keep_checkpoints`, `checkpoint_every` apart)
+     is ranked on the validation targets and the best validation NDCG@10 is kept;
+  3. that checkpoint is ranked on the test targets.
+--out gets JSON: the first variant's figures at the top level (`test_ndcg@10`, `test_hr@10`, `val_ndcg@10`, ...,
+`wall_seconds` = its training + selection + test time, `best_step`) and every variant under `variants`.
+"""
+
+import datetime
+import json
+import os
+import sys
+import time
+
+from absl import app, flags, logging
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/ from a checkout
+
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Folder holding ml-1m/ (or ml-1m itself).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where the prepared data set, runs and checkpoints go.")
+_OUT = flags.DEFINE_string("out", None, "JSON file of the results.")
+_VARIANTS = flags.DEFINE_list("variants", ["item", "multi"], "configs/ml1m.py feature sets, in report order.")
+_STEPS = flags.DEFINE_integer("steps", None, "Training steps (default: the config's).")
+_SET = flags.DEFINE_multi_string("set", [], "Config override KEY=VALUE (e.g. model.dropout=0.3), any number.")
+_MAX_USERS = flags.DEFINE_integer("max_users", None, "Rank only the first N users (smoke tests; default: all).")
+_KS = (10, 50, 200)
+flags.mark_flags_as_required(["data_dir", "workdir", "out"])
+
+
+def _log(line: str) -> None:
+  print(f"[ml1m {datetime.datetime.now():%H:%M:%S}] {line}", flush=True)
+
+
+def _config(variant: str, data_dir: str):
+  from configs import ml1m
+  c = ml1m.get_config(f"features={variant}" + (f",steps={_STEPS.value}" if _STEPS.value else ""))
+  c.data.dir = data_dir
+  for item in _SET.value:
+    key, _, value = item.partition("=")
+    *path, leaf = key.split(".")
+    node = c
+    for p in path:
+      node = node[p]
+    if leaf not in node:
+      raise ValueError(f"--set {item}: the config has no key {key!r}")
+    old = node[leaf]
+    node[leaf] = type(old)(value) if not isinstance(old, bool) else value.lower() in ("1", "true")
+  return c
+
+
+def run_variant(variant: str, data_dir: str, workdir: str) -> dict:
+  from gpt_ads import api, checkpoint, retrieval, train
+  from gpt_ads.data import store
+  config = _config(variant, data_dir)
+  run_dir = os.path.join(workdir, variant)
+  t0 = time.time()
+  _log(f"{variant}: training {config.train.num_steps} steps in {run_dir}")
+  result = train.train_and_evaluate(config, run_dir)
+  train_wall = time.time() - t0
+  prepared = store.open_dir(data_dir)
+  steps = checkpoint.Checkpointer(run_dir, keep=config.train.keep_checkpoints).manager.all_steps()
+  val = {}
+  for step in sorted(steps):
+    params, schema, cfg = api.load(run_dir, step)
+    val[step] = retrieval.evaluate(params, prepared.source("validation"), feature="item", schema=schema,
+                                   config=cfg, ks=_KS, max_users=_MAX_USERS.value)
+    _log(f"{variant}: step {step}: validation NDCG@10 {val[step]['ndcg@10']:.4f} HR@10 {val[step]['hr@10']:.4f}")
+  best = max(val, key=lambda s: val[s]["ndcg@10"])
+  params, schema, cfg = api.load(run_dir, best)
+  test = retrieval.evaluate(params, prepared.source("test"), feature="item", schema=schema, config=cfg, ks=_KS,
+                            max_users=_MAX_USERS.value)
+  _log(f"{variant}: test (step {best}) NDCG@10 {test['ndcg@10']:.4f} HR@10 {test['hr@10']:.4f}")
+  out = {"features": list(schema.names), "best_step": best, "steps": config.train.num_steps,
+         "train_wall_seconds": train_wall, "wall_seconds": time.time() - t0,
+         "train_seconds": result["train_seconds"], "events_per_sec": result["events_per_sec"],
+         "non_embedding_params": result["non_embedding_params"], "test_loss": result["test_loss"],
+         "validation_by_step": {str(s): v for s, v in sorted(val.items())},
+         "config": json.loads(config.to_json())}
+  out.update({f"val_{k}": v for k, v in val[best].items() if k != "users"})
+  out.update({f"test_{k}": v for k, v in test.items() if k != "users"})
+  out["users"] = test["users"]
+  return out
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  from gpt_ads.data import movielens, store
+  try:
+    data = os.path.join(_WORKDIR.value, "data")
+    try:
+      store.open_dir(data)
+    except ValueError:
+      _log(f"preparing ml-1m from {_DATA_DIR.value} into {data}")
+      movielens.build("ml-1m", _DATA_DIR.value, data, overwrite=True, log=_log)
+    variants = {v: run_variant(v, data, _WORKDIR.value) for v in _VARIANTS.value}
+  except (ValueError, OSError) as e:
+    print(f"benchmarks/ml1m.py: error: {' '.join(str(e).split())}", file=sys.stderr)
+    sys.exit(2)
+  first = variants[_VARIANTS.value[0]]
+  report = {k: v for k, v in first.items() if k.startswith(("test_", "val_"))}
+  report.update({"wall_seconds": first["wall_seconds"], "best_step": first["best_step"], "variant": _VARIANTS.value[0],
+                 "dataset": "ml-1m", "protocol": movielens.ML1M_PROTOCOL + "; all items ranked, input items "
+                 "excluded", "date": f"{datetime.date.today()}", "command": " ".join(sys.argv),
+                 "variants": variants})
+  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
+  tmp = _OUT.value + ".tmp"
+  with open(tmp, "w") as fh:
+    json.dump(report, fh, indent=2)
+  os.replace(tmp, _OUT.value)
+  print(f"{'variant':8s} {'val NDCG@10':>12s} {'test NDCG@10':>13s} {'test HR@10':>11s} {'HR@50':>7s} {'HR@200':>7s}"
+        f" {'minutes':>8s}")
+  for v, r in variants.items():
+    print(f"{v:8s} {r['val_ndcg@10']:12.4f} {r['test_ndcg@10']:13.4f} {r['test_hr@10']:11.4f} {r['test_hr@50']:7.4f}"
+          f" {r['test_hr@200']:7.4f} {r['wall_seconds'] / 60:8.1f}")
+  print(f"-> {_OUT.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)
