@@ -16,9 +16,9 @@ windows of up to 200 events, dropout 0.2, AdamW with a cosine schedule.
 import ml_collections
 
 from gpt_ads import config_lib
+from gpt_ads.data.movielens import CONTEXT  # the user's demographics on every event: input-only (loss weight 0)
 
-FEATURE_SETS = {"item": ("item",), "multi": ("item", "genre", "gender", "age", "occupation")}
-CONTEXT = ("gender", "age", "occupation")  # input-only: their loss weight is 0
+FEATURE_SETS = {"item": ("item",), "multi": ("item", "genre") + CONTEXT}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -36,6 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.dir = ""  # required: the prepared ml-1m data set
   c.data.generated_dir = ""
   c.data.features = FEATURE_SETS[arg.features]  # the data set's features this run uses
+  c.data.max_train_users = 0  # 0 = all training users; N = the first N (data-scaling runs)
   c.data.seed = 0
   c.data.num_shards = 0
   c.data.pack = True

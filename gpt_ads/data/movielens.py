@@ -15,9 +15,11 @@ ml-1m: train/input.txt (one user per line, SASRec item ids in order) with the RE
   protocol: every user is in every split; train = the sequence without its last two items, validation =
   without its last item, test = the full sequence (the target of validation / test is the final event).
   Features item (sampled_softmax; values = SASRec item ids "1".."3416", `original_ids` = MovieLens movie ids,
-  all 3,416 items, ids by decreasing training count, ties by value string) and genre (first genre of
-  movies.dat, joined through sas_to_original_items.txt); labels gender, age (bucket), occupation (code) from
-  users.dat through sas_to_original_users.txt. user_id = the SASRec user id (line number). No timestamps.
+  all 3,416 items, ids by decreasing training count, ties by value string), genre (first genre of
+  movies.dat, joined through sas_to_original_items.txt) and the user's gender, age (bucket) and occupation
+  (code) from users.dat through sas_to_original_users.txt, repeated on every event (context: configs/ml1m.py
+  gives them loss weight 0); the same three are also labels. user_id = the SASRec user id (line number). No
+  timestamps.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from gpt_ads.data import store
 DATASETS = ("ml-100k", "ml-1m")
 # (lowest age, bucket name); the ml-1m codes 1, 18, 25, 35, 45, 50, 56 are these buckets' lower ends.
 AGE_BUCKETS = ((0, "00-17"), (18, "18-24"), (25, "25-34"), (35, "35-44"), (45, "45-49"), (50, "50-55"), (56, "56+"))
+CONTEXT = ("gender", "age", "occupation")  # ml-1m: user demographics repeated on every event (context features)
 ML1M_PROTOCOL = ("leave-one-out (data README): test = full train/input.txt line, validation = the line without "
                  "its last item, train = without its last two items; the target is each sequence's final event")
 
@@ -161,11 +164,18 @@ def build_ml1m(data_dir: str, output: str, *, overwrite: bool = False, log=lambd
 
   cut = {"train": 2, "validation": 1, "test": 0}  # items removed from the end of each line
 
+  def context_id(u: int, name: str) -> int:  # the user's class as an event feature id (OOV when unknown)
+    value = user_labels(u)[name]
+    return features_lib.OOV_ID if np.isnan(value) else features_lib.NUM_RESERVED + int(value)
+
   def records(split: str):
     def generate():
       for u, seq in enumerate(seqs, 1):
         s = seq[:len(seq) - cut[split]]
-        yield {"user_id": str(u), "item": item_lut[s], "genre": genre_lut[s], "labels": user_labels(u)}
+        record = {"user_id": str(u), "item": item_lut[s], "genre": genre_lut[s], "labels": user_labels(u)}
+        for name in CONTEXT:
+          record[name] = np.full(len(s), context_id(u, name), np.int32)
+        yield record
     return generate
 
   features = [
@@ -177,6 +187,11 @@ def build_ml1m(data_dir: str, output: str, *, overwrite: bool = False, log=lambd
       {"name": "genre", "vocab_size": features_lib.NUM_RESERVED + len(genres), "loss": "softmax",
        "source": "movies.dat (first genre)",
        "vocabulary": {"kind": "values", "values": genres, "min_count": 1, "max_size": len(genres)}}]
+  features += [{"name": name, "vocab_size": features_lib.NUM_RESERVED + len(labels[name]["classes"]),
+                "loss": "softmax", "source": "users.dat (the user's; the same on every event)",
+                "vocabulary": {"kind": "values", "values": labels[name]["classes"], "min_count": 0,
+                               "max_size": len(labels[name]["classes"])}}
+               for name in CONTEXT]
   n = sum(map(len, seqs))
   stats = {"input_rows": n, "users": {s: len(seqs) for s in store.SPLITS},
            "events": {s: n - c * len(seqs) for s, c in cut.items()}, "protocol": ML1M_PROTOCOL,
