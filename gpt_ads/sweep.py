@@ -39,7 +39,8 @@ def _define_flags() -> None:
 RESULT_KEYS = ("test_loss", "gap_closed", "non_embedding_params", "params", "train_flops", "flops_per_position",
                "events_per_sec", "step", "bayes_factorized_loss", "unigram_loss", "devices", "train_seconds")
 CONFIG_KEYS = {"backbone": "model.backbone", "d_model": "model.d_model", "num_layers": "model.num_layers",
-               "batch_size": "train.batch_size", "num_train_users": "data.num_train_users"}  # column: config key
+               "batch_size": "train.batch_size", "num_train_users": "data.num_train_users",
+               "max_train_users": "data.max_train_users"}  # column: config key
 
 
 def grid(*, config: str, overrides: dict | None = None, **axes) -> list[dict]:
@@ -92,8 +93,12 @@ def load_sweep(spec: str) -> list[dict]:
 def steps_for_budget(config, budget: float) -> int:
   """Training steps that spend `budget` FLOPs (gpt_ads.accounting's formula) with this config's model and batch."""
   from gpt_ads import accounting, features
+  from gpt_ads.data import datasets, store
   from gpt_ads.model import Model, ModelConfig
-  schema = features.Schema.from_config(config.schema.features)
+  if config.data.dir:  # a prepared data set decides the schema's vocabularies
+    schema = datasets.schema_for(store.open_dir(config.data.dir), config)
+  else:
+    schema = features.Schema.from_config(config.schema.features)
   model = Model(schema, ModelConfig.from_config(config.model))
   n = accounting.param_counts(accounting.abstract_params(model), schema)["non_embedding_params"]
   t = config.model.max_len

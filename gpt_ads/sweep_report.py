@@ -63,7 +63,7 @@ def _rows(workdir) -> list[dict]:
     r["_n"] = _num(r.get("non_embedding_params"))
     r["_loss"] = _num(r.get("test_loss"))
     r["_bayes"] = _num(r.get("bayes_factorized_loss"))
-    r["_users"] = _num(r.get("num_train_users"))
+    r["_users"] = _num(r.get("max_train_users")) or _num(r.get("num_train_users"))  # prepared data: max_train_users
     r["_budget"] = _num(r.get("flops_budget"))
     r["_key"] = (r.get("backbone") or "transformer", r["_users"], r["_budget"])
   return rows

@@ -12,7 +12,9 @@ The schema: names and vocabulary sizes come from the data set's schema.json; the
 warning, and so is their vocab_size: the default config lists the generated data's features). The loss kind is
 the data set's unless the feature's config entry sets `loss` (e.g. an exact softmax for a 3K-item catalogue the
 data builder marked `sampled_softmax`). `config.data.features` (optional; empty = all) picks the data set's
-features a run uses, e.g. the item alone.
+features a run uses, e.g. the item alone; `config.data.max_train_users` (optional; 0 = all) trains on the first N
+users of its training split (data-scaling runs; value counts and output-bias priors stay those of the whole
+split).
 """
 
 import dataclasses
@@ -62,7 +64,14 @@ def load(config, workdir: str) -> Dataset:
   if too_long:
     logging.info("users longer than config.model.max_len=%d are cropped (longest per split: %s)",
                  config.model.max_len, too_long)
-  return Dataset(schema=schema, prepared=prepared, counts=prepared.counts(), train=prepared.source("train"),
+  train = prepared.source("train")
+  limit = config.data.get("max_train_users", 0)
+  if config.data.dir and limit:  # data scaling on a prepared data set: its first N training users
+    if limit > len(train):
+      logging.warning("config.data.max_train_users=%d > the %d training users of %s: all are used", limit,
+                      len(train), prepared.path)
+    train = train.head(limit)
+  return Dataset(schema=schema, prepared=prepared, counts=prepared.counts(), train=train,
                  val=prepared.source("validation"), test=prepared.source("test"), references=references)
 
 

@@ -294,6 +294,16 @@ class SplitSource:
   def __len__(self) -> int:
     return int(self._ends[-1]) if len(self._ends) else 0
 
+  def head(self, n: int) -> "SplitSource":
+    """The first `n` users of the split (all when n >= len): a smaller training set, e.g. for data scaling."""
+    shards, left = [], n
+    for filename, skip, take in self._shards:
+      if left <= 0:
+        break
+      shards.append((filename, skip, min(take, left)))
+      left -= take
+    return SplitSource(shards, self._names, self._labels)
+
   def __getstate__(self):  # picklable for grain worker processes: readers are reopened there
     return {k: v for k, v in self.__dict__.items() if k not in ("_readers", "_lock")}
 
