@@ -51,7 +51,7 @@ def log_normalizer_chunked(*, query: jax.Array, table: jax.Array, bias: jax.Arra
   O(b t c), not O(b t v)) with an online logsumexp.
 
   Args:
-    query: [b, t, e]; table: [v, e] (padded here to a multiple of `chunk`); bias: [v].
+    query: [b, t, e]; table: [v, e]; bias: [v].
     vocab_size: the feature's true vocabulary (ids >= it, and PAD, are excluded).
     chunk: ids scored at a time.
     copy: (gates [b, t, k], recent ids [b, t, k]) of the feature's copy term, or None.
@@ -60,16 +60,20 @@ def log_normalizer_chunked(*, query: jax.Array, table: jax.Array, bias: jax.Arra
   """
   query = query.astype(jnp.float32)
   v = table.shape[0]
+  chunk = min(chunk, v)
   num_chunks = -(-v // chunk)
-  pad = num_chunks * chunk - v
-  valid = jnp.pad(valid_ids(vocab_size, v), (0, pad))
-  table = jnp.pad(table, ((0, pad), (0, 0))).reshape(num_chunks, chunk, -1)  # [k, c, e]
-  bias = jnp.where(valid, jnp.pad(bias, (0, pad)), NEG_INF).reshape(num_chunks, chunk)  # [k, c]
-  ids = jnp.arange(num_chunks * chunk, dtype=jnp.int32).reshape(num_chunks, chunk)
+  # Chunk k covers ids [k c, (k + 1) c); the last one is slid back to end at v (read in place with a dynamic
+  # slice: padding or reshaping the table would copy all of it) and skips the ids the previous chunk scored.
+  starts = jnp.minimum(jnp.arange(num_chunks, dtype=jnp.int32) * chunk, v - chunk)
+  valid = valid_ids(vocab_size, v)
 
-  def body(carry, xs):
+  def body(carry, k):
     m, s = carry  # running max and sum of exp(logit - max), [b, t]
-    tab, b, chunk_ids = xs
+    start = starts[k]
+    tab = jax.lax.dynamic_slice_in_dim(table, start, chunk)  # [c, e]
+    chunk_ids = start + jnp.arange(chunk, dtype=jnp.int32)
+    keep = jax.lax.dynamic_slice_in_dim(valid, start, chunk) & (chunk_ids >= k * chunk)
+    b = jnp.where(keep, jax.lax.dynamic_slice_in_dim(bias, start, chunk), NEG_INF)  # [c]
     logits = jnp.einsum("bte,ce->btc", query, tab.astype(jnp.float32)) + b  # [b, t, c]
     if copy is not None:
       logits = logits + copy_bonus(*copy, chunk_ids)
@@ -79,7 +83,7 @@ def log_normalizer_chunked(*, query: jax.Array, table: jax.Array, bias: jax.Arra
 
   shape = query.shape[:-1]
   init = (jnp.full(shape, -jnp.inf, jnp.float32), jnp.zeros(shape, jnp.float32))
-  (m, s), _ = jax.lax.scan(body, init, (table, bias, ids))
+  (m, s), _ = jax.lax.scan(body, init, jnp.arange(num_chunks, dtype=jnp.int32))
   return m + jnp.log(s)
 
 

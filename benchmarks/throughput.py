@@ -1,0 +1,227 @@
+"""Training speed against this machine's own limits: matmul peak, MFU per preset, compile and vocabulary scaling.
+
+    python benchmarks/throughput.py --out=/tmp/throughput.json [--presets=nano,...,xl] [--steps=5]
+
+One run measures, on the devices JAX sees (run it alone: a second process on the cores halves every number):
+  peak          a jitted 4096 x 4096 matmul in float32, and with bfloat16 inputs accumulating in float32
+                (`preferred_element_type`): median GFLOP/s over repeats.
+  presets       for each model preset (gpt_ads.config_lib.MODEL_SIZES) the default config's real train step
+                (gpt_ads.train.jit_train_step: model, factorized loss with 1,024 shared negatives for ad_id, AdamW)
+                on random ids at the default batch (64 x 64), model dtype bfloat16 (and float32 with --f32):
+                events/s and MFU = model FLOPs per event (gpt_ads.accounting) x events/s / measured bf16 peak.
+  compile       seconds to lower + compile the train step with 2 and with 32 layers (d_model 64; scanned layers,
+                so the ratio should stay near 1).
+  vocab         step time of the train step whose sampled feature (ad_id) has a 10K and a 1M vocabulary,
+                1,024 negatives both times (the loss touches only sampled rows; the ratio shows what else scales).
+  eval_memory   XLA's temp-buffer bytes of the exact full-vocabulary evaluation step at 10K and 1M ids
+                (vocabulary processed in chunks of config.eval.vocab_chunk: should be bounded).
+--out gets JSON with `best_mfu`, `vocab_step_ratio` (1M / 10K step time), `compile_ratio` (32 / 2 layers),
+`presets` (one row per preset) and every raw figure.
+"""
+
+import datetime
+import functools
+import json
+import os
+import statistics
+import sys
+import time
+
+from absl import app, flags, logging
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+_OUT = flags.DEFINE_string("out", None, "JSON file to write.", required=True)
+_PRESETS = flags.DEFINE_list("presets", ["nano", "micro", "tiny", "small", "medium", "large", "xl"],
+                             "Model presets to time (gpt_ads.config_lib.MODEL_SIZES).")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per measurement (after one warm-up step).")
+_F32 = flags.DEFINE_bool("f32", False, "Also time every preset in float32.")
+
+
+def _log(line: str) -> None:
+  print(f"[throughput {datetime.datetime.now():%H:%M:%S}] {line}", flush=True)
+
+
+def _median_seconds(fn, repeats: int) -> float:
+  import jax
+  jax.block_until_ready(fn())  # compile / warm up
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t)
+  return statistics.median(times)
+
+
+def matmul_peak(n: int = 4096, repeats: int = 5) -> dict:
+  """GFLOP/s of a jitted n x n matmul: float32, and bfloat16 inputs with float32 accumulation."""
+  import jax
+  import jax.numpy as jnp
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+  f32 = jax.jit(lambda x, y: x @ y)
+  bf16 = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
+  a16, b16 = a.astype(jnp.bfloat16), b.astype(jnp.bfloat16)
+  flops = 2 * n ** 3
+  return {"f32_gflops": flops / _median_seconds(lambda: f32(a, b), repeats) / 1e9,
+          "bf16_gflops": flops / _median_seconds(lambda: bf16(a16, b16), repeats) / 1e9, "n": n}
+
+
+class Step:
+  """The default config's jitted train step (as gpt_ads.train builds it) on random ids, for one config."""
+
+  def __init__(self, config):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from gpt_ads import accounting, features, optim, sharding, train
+    from gpt_ads import train_state as train_state_lib
+    from gpt_ads.model import Model, ModelConfig
+    self.config = config
+    schema = features.Schema.from_config(config.schema.features)
+    model = Model(schema, ModelConfig.from_config(config.model))
+    mesh = sharding.make_mesh(config.mesh)
+    rule_set = sharding.rules(config)
+    tx, lr = optim.make(config.train)
+    abstract, shardings = train_state_lib.abstract_and_shardings(model, tx, mesh, rule_set)
+    self.data_sharding = sharding.batch_sharding(mesh, rule_set)
+    self.mesh, self.model, self.shardings, self.tx = mesh, model, shardings, tx
+    self.step = train.jit_train_step(model=model, tx=tx, lr_schedule=lr, unigram_log_q={}, rule_set=rule_set,
+                                     grad_accum_steps=1, state_shardings=shardings,
+                                     data_sharding=self.data_sharding)
+    counts = accounting.param_counts(abstract.params, schema)
+    b, t = config.train.batch_size, config.model.max_len
+    self.counts = counts
+    self.flops_per_event = accounting.flops_per_position(model.cfg, schema, counts["non_embedding_params"], t)
+    rng = np.random.default_rng(0)
+    self.batch = {f.name: jnp.asarray(rng.integers(2, f.vocab_size, (b, t)), jnp.int32) for f in schema}
+    self.batch["segment_ids"] = jnp.ones((b, t), jnp.int32)  # one user per row, every position an event
+    self.batch["positions"] = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    self.events = b * t
+    self.abstract = abstract
+    self.rng = jax.random.key(1)
+    self.state = None
+
+  def compile_seconds(self) -> float:
+    with __import__("jax").set_mesh(self.mesh):
+      t = time.perf_counter()
+      self.step.lower(self.abstract, self.batch, self.rng).compile()
+      return time.perf_counter() - t
+
+  def seconds_per_step(self, steps: int) -> float:
+    import jax
+    from gpt_ads import train_state as train_state_lib
+    with jax.set_mesh(self.mesh):
+      if self.state is None:
+        self.state = train_state_lib.create(jax.random.key(0), self.model, self.tx, self.shardings)
+
+      def one():
+        self.state, metrics = self.step(self.state, self.batch, self.rng)
+        return metrics["train/loss"]
+      return _median_seconds(one, steps)
+
+
+def _config(preset: str | None = None, **model):
+  from configs import default
+  c = default.get_config(f"size={preset}" if preset else None)
+  c.train.warmup_steps = 1
+  for k, v in model.items():
+    c.model[k] = v
+  return c
+
+
+def time_presets(presets, steps: int, peak_bf16: float, dtypes) -> list[dict]:
+  rows = []
+  for preset in presets:
+    for dtype in dtypes:
+      s = Step(_config(preset, dtype=dtype))
+      sec = s.seconds_per_step(steps)
+      ev = s.events / sec
+      rows.append({"preset": preset, "dtype": dtype, "d_model": s.config.model.d_model,
+                   "num_layers": s.config.model.num_layers,
+                   "non_embedding_params": s.counts["non_embedding_params"], "params": s.counts["params"],
+                   "flops_per_event": s.flops_per_event, "step_seconds": sec, "events_per_sec": ev,
+                   "model_gflops": s.flops_per_event * ev / 1e9, "mfu": s.flops_per_event * ev / (peak_bf16 * 1e9)})
+      _log(f"{preset:7s} {dtype:9s} {ev:10,.0f} events/s  {rows[-1]['model_gflops']:7.1f} GFLOP/s  "
+           f"MFU {rows[-1]['mfu']:.1%}")
+  return rows
+
+
+def compile_scaling() -> dict:
+  out = {}
+  for layers in (2, 32):
+    out[f"layers_{layers}_seconds"] = Step(_config("tiny", num_layers=layers)).compile_seconds()
+    _log(f"compile, {layers} layers: {out[f'layers_{layers}_seconds']:.1f} s")
+  out["ratio"] = out["layers_32_seconds"] / out["layers_2_seconds"]
+  return out
+
+
+def _vocab_config(vocab: int):
+  from gpt_ads.features import NUM_RESERVED
+  c = _config("small", dtype="bfloat16")
+  c.data.synthetic.num_ads = vocab - NUM_RESERVED  # ad_id's vocabulary follows the generator's size
+  return c
+
+
+def vocab_scaling(steps: int) -> dict:
+  out = {}
+  for vocab in (10_000, 1_000_000):
+    out[f"vocab_{vocab}_step_seconds"] = Step(_vocab_config(vocab)).seconds_per_step(steps)
+    _log(f"sampled ad_id, vocabulary {vocab:,}: {out[f'vocab_{vocab}_step_seconds'] * 1e3:.0f} ms/step")
+  out["ratio"] = out["vocab_1000000_step_seconds"] / out["vocab_10000_step_seconds"]
+  return out
+
+
+def eval_memory() -> dict:
+  import jax
+  from gpt_ads import train
+  out = {}
+  for vocab in (10_000, 1_000_000):
+    s = Step(_vocab_config(vocab))
+    fn = jax.jit(functools.partial(train.eval_step, model=s.model, vocab_chunk=s.config.eval.vocab_chunk,
+                                   rule_set=()))
+    with jax.set_mesh(s.mesh):
+      mem = fn.lower(s.abstract.params, s.batch).compile().memory_analysis()
+    out[f"vocab_{vocab}_temp_bytes"] = int(mem.temp_size_in_bytes)
+    out[f"vocab_{vocab}_argument_bytes"] = int(mem.argument_size_in_bytes)
+    _log(f"exact evaluation, vocabulary {vocab:,}: temp {mem.temp_size_in_bytes / 2**20:.1f} MiB, "
+         f"arguments {mem.argument_size_in_bytes / 2**20:.1f} MiB")
+  out["temp_ratio"] = out["vocab_1000000_temp_bytes"] / out["vocab_10000_temp_bytes"]
+  return out
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)
+  import jax
+  t0 = time.time()
+  _log(f"devices: {jax.devices()}")
+  peak = matmul_peak()
+  _log(f"matmul 4096^2: float32 {peak['f32_gflops']:.0f} GFLOP/s, bf16 in / f32 acc {peak['bf16_gflops']:.0f} GFLOP/s")
+  dtypes = ("bfloat16", "float32") if _F32.value else ("bfloat16",)
+  rows = time_presets(_PRESETS.value, _STEPS.value, peak["bf16_gflops"], dtypes)
+  comp = compile_scaling()
+  vocab = vocab_scaling(_STEPS.value)
+  mem = eval_memory()
+  bf16_rows = [r for r in rows if r["dtype"] == "bfloat16"]
+  best = max(bf16_rows, key=lambda r: r["mfu"])
+  result = {"best_mfu": best["mfu"], "best_mfu_preset": best["preset"], "vocab_step_ratio": vocab["ratio"],
+            "compile_ratio": comp["ratio"], "peak": peak, "presets": rows, "compile": comp, "vocab": vocab,
+            "eval_memory": mem, "devices": [str(d) for d in jax.devices()], "date": f"{datetime.date.today()}",
+            "command": " ".join(sys.argv), "wall_seconds": time.time() - t0}
+  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
+  with open(_OUT.value + ".tmp", "w") as fh:
+    json.dump(result, fh, indent=2)
+  os.replace(_OUT.value + ".tmp", _OUT.value)
+  print(f"\n{'preset':8s} {'dtype':9s} {'N non-emb':>11s} {'events/s':>10s} {'GFLOP/s':>8s} {'MFU':>6s}")
+  for r in rows:
+    print(f"{r['preset']:8s} {r['dtype']:9s} {r['non_embedding_params']:11,d} {r['events_per_sec']:10,.0f} "
+          f"{r['model_gflops']:8.1f} {r['mfu']:6.1%}")
+  print(f"best MFU {best['mfu']:.1%} ({best['preset']}); vocab 1M/10K step ratio {vocab['ratio']:.2f}; "
+        f"compile 32/2 layers ratio {comp['ratio']:.2f}; eval temp memory 1M/10K ratio {mem['temp_ratio']:.2f}")
+  print(f"-> {_OUT.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)
