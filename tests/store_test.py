@@ -108,3 +108,22 @@ def test_generated_data_is_written_once_and_packed_users_stay_apart(tmp_path):
   seg = one["segment_ids"][0]
   last_of_user = (seg[:-1] > 0) & (seg[1:] != seg[:-1])
   assert not np.asarray(mask[names[0]])[0][last_of_user].any()
+
+
+def test_a_run_picks_features_loss_kinds_and_training_users(tmp_path):
+  """config.data.features selects features, a config `loss` replaces the data set's, max_train_users cuts train."""
+  splits = {"train": _users(40, 0), "validation": _users(5, 1), "test": _users(7, 2)}
+  store.write(str(tmp_path / "ds"), features=FEATURES, splits={k: (lambda v=v: iter(v)) for k, v in splits.items()},
+              labels={"y": {"kind": "numeric"}})
+  c = tiny_config(**{"data.dir": str(tmp_path / "ds")})
+  c.data.features = ("item",)
+  c.data.max_train_users = 15
+  c.schema.features = {"item": {"loss": "softmax"}}
+  data = datasets.load(c, str(tmp_path / "run"))
+  assert data.schema.names == ("item",) and data.schema["item"].loss == "softmax"
+  assert data.schema["item"].vocab_size == 50  # the data set's, always
+  assert len(data.train) == 15 and len(data.test) == 7
+  np.testing.assert_array_equal(data.train[14]["item"], store.open_dir(c.data.dir).source("train")[14]["item"])
+  c.data.features = ("item", "nope")
+  with pytest.raises(ValueError, match="has no feature.*nope"):
+    datasets.load(c, str(tmp_path / "run"))
