@@ -1,6 +1,7 @@
 """Where numbers go: `workdir/metrics.jsonl` (one JSON object per log step), TensorBoard summaries in the
 workdir, and `workdir/eval.json`. Only process 0 writes. Files are written whole (temp file + rename) or
-appended line by line, so a reader never sees half a record.
+appended line by line; a resumed run drops the records past its checkpoint and any line a killed process left
+half-written, so metrics.jsonl holds each step once.
 """
 
 import json
@@ -12,6 +13,14 @@ import jax
 
 def _is_writer() -> bool:
   return jax.process_index() == 0
+
+
+def _step(line: str) -> float:
+  """The step of a metrics.jsonl line; inf for a line a killed process left half-written (it is dropped)."""
+  try:
+    return json.loads(line)["step"] if line.endswith("\n") else math.inf
+  except (ValueError, KeyError, TypeError):
+    return math.inf
 
 
 class Logbook:
@@ -26,8 +35,8 @@ class Logbook:
       return
     path = os.path.join(workdir, "metrics.jsonl")
     if os.path.exists(path):  # drop records past the step we resume from (they will be logged again)
-      with open(path) as f:
-        keep = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
+      with open(path, errors="replace") as f:
+        keep = [line for line in f if _step(line) <= resume_step]
       with open(path + ".tmp", "w") as f:
         f.writelines(keep)
       os.replace(path + ".tmp", path)

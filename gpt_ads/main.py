@@ -1,6 +1,7 @@
 """`gpt-ads-train --config=configs/default.py[:args] --workdir=DIR [--config.a.b=value ...] [--dry_run]`."""
 
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -52,10 +53,12 @@ def main(argv):
       memory_plan.run(_CONFIG.value, _WORKDIR.value)
       return
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, FloatingPointError) as e:
-    logging.error("%s", e)
-    print(f"gpt-ads-train: error: {e}", file=sys.stderr)
-    sys.exit(2)
+  except (ValueError, FloatingPointError, OSError) as e:  # bad config / data / workdir, NaN, disk
+    _fail(str(e))
+  if result.get("preempted"):  # SIGTERM: the checkpoint is complete; the scheduler may restart the same command
+    if jax.process_index() == 0:
+      print(f"preempted: checkpoint {result['step']} saved; run the same command to continue", file=sys.stderr)
+    return
   if jax.process_index() == 0:
     line = f"test_loss={result['test_loss']:.4f} nats/event"
     if "gap_closed" in result:
@@ -64,8 +67,33 @@ def main(argv):
     print(line)
 
 
+def _fail(message: str) -> None:
+  """One line on stderr, exit status 2."""
+  print(f"gpt-ads-train: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing, with config-file and --config.* override errors (an unknown key, a bad value, a failing
+  get_config) as one line instead of a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:  # also config loading / overrides
+    text = str(e).replace("\\n", "\n").replace("\\'", "'")
+    if "Traceback (most recent call last)" in text:  # get_config raised: its own message is the last line
+      text = [line for line in text.splitlines() if line.strip()][-1]
+    typo = re.search(r'Did you mean "(\w+)" instead of "(\w+)"', text)
+    if typo:
+      given = next((a.split("=")[0] for a in argv if a.startswith("--config.") and typo[2] in a), typo[2])
+      _fail(f"{given}: unknown config key {typo[2]!r}; did you mean {typo[1]!r}?")
+    if isinstance(e, (AttributeError, KeyError)):
+      given = next((a.split("=")[0] for a in argv if a.startswith("--config.") and text.strip("'\"") in a), "")
+      _fail(f"{given or '--config'}: unknown config key {text.strip(chr(39) + chr(34))!r}; check the key names")
+    _fail(f"{text}; check --config and the --config.* overrides")
+
+
 def run():
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,18 @@
 
     train_step(state, batch, rng) -> (state, metrics)     jitted once, explicit shardings, state donated
     eval_step(params, batch)      -> (nll sums, counts)   exact full-vocabulary NLL of every feature
-    train_and_evaluate(config, workdir)                    data -> state (restored or fresh) -> loop -> eval.json
+    train_and_evaluate(config, workdir)                    checks -> data -> state (restored or fresh) -> loop
+                                                           -> eval.json
+
+Faults: every config / data / workdir check runs before training; a non-finite step stops (or is skipped,
+gpt_ads.health) before its state is logged or saved; SIGTERM saves the current step and returns
+(gpt_ads.preemption); a run killed at any point resumes from its newest intact checkpoint with the same
+batches, rngs and losses (gpt_ads.checkpoint).
 """
 
 import functools
+import os
+import sys
 import time
 
 import flax.linen as nn
@@ -16,7 +24,8 @@ import optax
 from absl import logging
 from tqdm import tqdm
 
-from gpt_ads import accounting, api, checkpoint, config_lib, logbook, negatives, objective, optim, sharding
+from gpt_ads import (accounting, api, checkpoint, config_lib, health, logbook, negatives, objective, optim,
+                     preemption, sharding)
 from gpt_ads import train_state as train_state_lib
 from gpt_ads.data import datasets, pipeline
 from gpt_ads.model import Model, ModelConfig
@@ -28,7 +37,14 @@ from gpt_ads.model import Model, ModelConfig
 def train_step(state: train_state_lib.TrainState, batch: dict[str, jax.Array], rng: jax.Array, *, model: Model,
                tx: optax.GradientTransformation, lr_schedule: optax.Schedule, unigram_log_q: dict, rule_set,
                grad_accum_steps: int = 1):
-  """One optimizer update on `batch` (optionally accumulated over `grad_accum_steps` micro-batches)."""
+  """One optimizer update on `batch` (optionally accumulated over `grad_accum_steps` micro-batches).
+
+  metrics: the logged scalars ("train/...") plus two health entries the loop pops (gpt_ads.health.HEALTH_KEYS):
+  "health/finite" (bool []: the loss, every feature's loss and the gradient norm are finite) and
+  "health/grads_finite" (bool [parameter arrays]: each gradient array finite, in tree_leaves order).
+  A non-finite step keeps params and optimizer state as they were (only the step count moves on); the loop then
+  stops or goes on (config.train.on_nonfinite), so no NaN ever reaches the state.
+  """
   rng = jax.random.fold_in(rng, state.step)
 
   def loss_fn(params, micro, r):
@@ -58,9 +74,16 @@ def train_step(state: train_state_lib.TrainState, batch: dict[str, jax.Array], r
 
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {"train/loss": loss, "train/grad_norm": optax.global_norm(grads),
-             "train/learning_rate": lr_schedule(state.step)}
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  for v in per_feature.values():
+    finite &= jnp.isfinite(v)
+  keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+  params, opt_state = jax.tree.map(keep, params, state.params), jax.tree.map(keep, opt_state, state.opt_state)
+  metrics = {"train/loss": loss, "train/grad_norm": grad_norm, "train/learning_rate": lr_schedule(state.step)}
   metrics.update({f"train/{name}/loss": v for name, v in per_feature.items()})
+  metrics["health/finite"] = finite
+  metrics["health/grads_finite"] = jnp.stack([jnp.isfinite(jnp.sum(g)) for g in jax.tree.leaves(grads)])
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
@@ -98,26 +121,65 @@ def evaluate(p_eval_step, params, source, *, names, max_len: int, global_batch: 
 # ----------------------------------------------------------------------------------------------------------
 # The loop.
 # ----------------------------------------------------------------------------------------------------------
+def _close(bar, ckpt, notice, book, *, quiet: bool = False) -> None:
+  """Ends the loop's helpers; the checkpointer first (it waits for a save in progress, within the grace period
+  when preempted). `quiet`: an error is already on its way out; a failing close only logs."""
+  bar.close()
+  try:
+    ckpt.close()
+  except Exception:  # noqa: BLE001
+    if not quiet:
+      raise
+    logging.exception("closing the checkpointer failed")
+  finally:
+    notice.close()
+    book.close()
+
+
+def _schema_before_loading(config):
+  """The run's schema when it is known without reading or generating data (a prepared data set), else None."""
+  if not config.data.dir:
+    return None
+  from gpt_ads.data import store
+  return datasets.schema_for(store.open_dir(config.data.dir), config)
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains `config` in `workdir` (resuming from its latest checkpoint), then writes `workdir/eval.json`."""
+  """Trains `config` in `workdir` (resuming from its latest checkpoint), then writes `workdir/eval.json`.
+
+  Returns eval.json's content, or {"preempted": True, "step": N} when a SIGTERM stopped the run after saving
+  checkpoint N (gpt_ads.preemption). Raises ValueError on a bad config / data / workdir (before any training),
+  FloatingPointError on a non-finite step (gpt_ads.health), OSError when a checkpoint cannot be written.
+  """
   config_lib.validate(config)
   config_lib.check_workdir(workdir)
 
-  # Mesh, data, model.
+  # Mesh, data, model: every check that needs no data first.
   mesh = sharding.make_mesh(config.mesh)
   rule_set = sharding.rules(config)
   config_lib.check_batch(config, sharding.data_parallel_size(mesh, rule_set))
+  early_schema = _schema_before_loading(config)
+  if early_schema is not None:
+    config_lib.check_schema_fits(early_schema, config)
+    config_lib.check_resumable(workdir, early_schema, config)
   data = datasets.load(config, workdir)
   schema = data.schema
+  if early_schema is None:  # generated data: its schema is known now
+    config_lib.check_resumable(workdir, schema, config, data.prepared.path)
   model = Model(schema, ModelConfig.from_config(config.model))
-  api.save_run_file(workdir, schema, config, data.prepared.path)  # what gpt_ads.api.load needs besides checkpoints
   tx, lr_schedule = optim.make(config.train)
   unigram_log_q = {f.name: jnp.asarray(negatives.unigram_log_probs(data.counts[f.name], f.vocab_size))
                    for f in schema.sampled if f.sampler in ("unigram", "in_batch") and f.name in data.counts}
+  abstract, state_shardings = train_state_lib.abstract_and_shardings(model, tx, mesh, rule_set)
+  config_lib.check_free_space(workdir, checkpoint.nbytes(abstract), keep=config.train.keep_checkpoints)
+  api.save_run_file(workdir, schema, config, data.prepared.path)  # what gpt_ads.api.load needs besides checkpoints
 
   # State and input position: restored (state into its shardings), or created sharded.
-  abstract, state_shardings = train_state_lib.abstract_and_shardings(model, tx, mesh, rule_set)
-  ckpt = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  def report_saved(step: int) -> None:
+    if jax.process_index() == 0:
+      tqdm.write(f"checkpoint {step} saved", file=sys.stderr)
+
+  ckpt = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints, owner=True, on_saved=report_saved)
   with jax.set_mesh(mesh):
     state, data_state = ckpt.restore(abstract)
     if state is None:
@@ -142,56 +204,94 @@ def train_and_evaluate(config, workdir: str) -> dict:
   flops_per_position = accounting.flops_per_position(model.cfg, schema, counts["non_embedding_params"], seq_len)
   logging.info("params: %s", counts)
 
+  t = config.train
+  on_nonfinite = t.get("on_nonfinite", "stop")
   data_sharding = sharding.batch_sharding(mesh, rule_set)
   p_train_step = jit_train_step(model=model, tx=tx, lr_schedule=lr_schedule, unigram_log_q=unigram_log_q,
-                                rule_set=rule_set, grad_accum_steps=config.train.grad_accum_steps,
+                                rule_set=rule_set, grad_accum_steps=t.grad_accum_steps,
                                 state_shardings=state_shardings, data_sharding=data_sharding)
   p_eval_step = jax.jit(functools.partial(eval_step, model=model, vocab_chunk=config.eval.vocab_chunk,
                                           rule_set=rule_set),
                         in_shardings=(state_shardings.params, data_sharding))
   book = logbook.Logbook(workdir, resume_step=start_step)
   rng = jax.random.key(config.seed + 1)
+  monitor = health.Monitor(on_nonfinite=on_nonfinite, max_skips=t.get("max_nonfinite_skips", 10),
+                           param_paths=["params/" + p for p in checkpoint.array_paths(abstract.params)])
+  notice = preemption.Preemption(t.get("preemption_grace_seconds", 30.0))
 
-  num_steps = config.train.num_steps
+  num_steps = t.num_steps
   events, train_seconds, t_last, events_last = 0, 0.0, None, 0
   bar = tqdm(total=num_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
              disable=jax.process_index() != 0)
-  with jax.set_mesh(mesh):
-    for step in range(start_step, num_steps):
-      local = next(train_iter)
-      state, metrics = p_train_step(state, pipeline.to_global(local, data_sharding), rng)
-      n_events = pipeline.num_events(local) * jax.process_count()
-      if t_last is None:  # the first step compiles: time from its end
-        jax.block_until_ready(state.step)
-        t_last, events_last = time.perf_counter(), 0
-      else:
-        events_last += n_events
-      done = step + 1
-      bar.update(1)
-      if done % config.train.log_every == 0 or done == num_steps:
-        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        now = time.perf_counter()
-        if events_last:
-          m["train/events_per_sec"] = events_last / max(now - t_last, 1e-9)
-          events, train_seconds = events + events_last, train_seconds + (now - t_last)
-        t_last, events_last = now, 0
-        if config.train.eval_every and (done % config.train.eval_every == 0 or done == num_steps):
-          val = evaluate(p_eval_step, state.params, data.val, names=schema.names, max_len=seq_len,
-                         global_batch=config.eval.batch_size, data_sharding=data_sharding)
-          m["eval/loss"] = val["loss"]
-          m.update({f"eval/{k}/loss": v for k, v in val["per_feature"].items()})
-          t_last = time.perf_counter()  # evaluation is not training time
-        book.log(done, m)
-        bar.set_postfix(loss=f"{m['train/loss']:.3f}", ev_s=f"{m.get('train/events_per_sec', 0):.0f}")
-      if done % config.train.checkpoint_every == 0 and done != num_steps:
-        ckpt.save(done, state, data_state=train_iter.global_state())
-    bar.close()
-    if num_steps > start_step:
-      ckpt.save(num_steps, state, data_state=train_iter.global_state(), force=True)
+  unchecked = None  # (step, health entries, metrics) of the newest step whose health is not checked yet
+  preempted = None  # the step saved on SIGTERM
 
-    test = evaluate(p_eval_step, state.params, data.test, names=schema.names, max_len=seq_len,
-                    global_batch=config.eval.batch_size, data_sharding=data_sharding)
-  ckpt.close()
+  def check_health():
+    nonlocal unchecked
+    if unchecked is not None:
+      monitor.check(*unchecked)
+      unchecked = None
+
+  try:
+    with jax.set_mesh(mesh):
+      for step in range(start_step, num_steps):
+        local = next(train_iter)
+        state, metrics = p_train_step(state, pipeline.to_global(local, data_sharding), rng)
+        checks = {k: metrics.pop(k) for k in health.HEALTH_KEYS}
+        check_health()  # the previous step: finished by now
+        done = step + 1
+        unchecked = (done, checks, metrics)
+        n_events = pipeline.num_events(local) * jax.process_count()
+        if t_last is None:  # the first step compiles: time from its end
+          jax.block_until_ready(state.step)
+          t_last, events_last = time.perf_counter(), 0
+        else:
+          events_last += n_events
+        bar.update(1)
+        if done % t.log_every == 0 or done == num_steps:
+          check_health()
+          m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+          now = time.perf_counter()
+          if events_last:
+            m["train/events_per_sec"] = events_last / max(now - t_last, 1e-9)
+            events, train_seconds = events + events_last, train_seconds + (now - t_last)
+          t_last, events_last = now, 0
+          if t.eval_every and (done % t.eval_every == 0 or done == num_steps):
+            val = evaluate(p_eval_step, state.params, data.val, names=schema.names, max_len=seq_len,
+                           global_batch=config.eval.batch_size, data_sharding=data_sharding)
+            m["eval/loss"] = val["loss"]
+            m.update({f"eval/{k}/loss": v for k, v in val["per_feature"].items()})
+            t_last = time.perf_counter()  # evaluation is not training time
+          if on_nonfinite == "skip":
+            m["train/skipped_steps"] = float(monitor.skipped)
+          if done not in monitor.skipped_steps:  # a skipped step's losses are not finite: no record
+            book.log(done, m)
+            bar.set_postfix(loss=f"{m['train/loss']:.3f}", ev_s=f"{m.get('train/events_per_sec', 0):.0f}")
+        ckpt.poll()
+        stop = notice.reached(done)
+        if stop or (done % t.checkpoint_every == 0 and done != num_steps):
+          check_health()  # never save a state that came from a non-finite step
+          ckpt.save(done, state, data_state=train_iter.global_state(), force=stop)
+        if stop:
+          preempted = done
+          break
+      else:
+        check_health()
+        bar.close()
+        if num_steps > start_step:
+          ckpt.save(num_steps, state, data_state=train_iter.global_state(), force=True)
+        if notice.requested():  # SIGTERM after the last step: its checkpoint is all that is left to do
+          preempted = num_steps
+        else:
+          test = evaluate(p_eval_step, state.params, data.test, names=schema.names, max_len=seq_len,
+                          global_batch=config.eval.batch_size, data_sharding=data_sharding)
+    ckpt.wait()
+  except BaseException:
+    _close(bar, ckpt, notice, book, quiet=True)
+    raise
+  _close(bar, ckpt, notice, book)
+  if preempted is not None:
+    return {"preempted": True, "step": preempted}
 
   result = {
       "step": num_steps,
@@ -200,7 +300,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       "test_predicted_events": test["predicted_events"],
       **counts,
       "flops_per_position": flops_per_position,
-      "train_flops": flops_per_position * config.train.batch_size * seq_len * num_steps,
+      "train_flops": flops_per_position * t.batch_size * seq_len * num_steps,
       "events_per_sec": events / train_seconds if train_seconds else None,
       "train_seconds": train_seconds,
       "devices": jax.device_count(),
@@ -211,6 +311,5 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                        "bayes_factorized_loss_per_feature", "unigram_loss_per_feature")})
     result["gap_closed"] = (ref["unigram_loss"] - test["loss"]) / (ref["unigram_loss"] -
                                                                     ref["bayes_factorized_loss"])
-  book.write_json("eval.json", result)
-  book.close()
+  logbook.write_json(os.path.join(workdir, "eval.json"), result)
   return result
