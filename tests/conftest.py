@@ -51,16 +51,28 @@ def tiny():
   return tiny_config()
 
 
+def subprocess_env(**extra) -> dict:
+  """Environment of a `gpt-ads-train` test process: one CPU device, and this session's compilation cache (so
+  processes running the same program compile it once)."""
+  return {**os.environ, "XLA_FLAGS": "", "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
+          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+          **extra}
+
+
+# The trained_run command's overrides (tests/fault_test.py reruns the same command, interrupted).
+TRAINED_RUN = {"train.num_steps": 30, "train.eval_every": 0, "schema.features.ad_id.copy_lags": 2}
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
   """A tiny run trained once by the command line (30 steps, ad_id copy term over 2 lags), shared by the tests of
-  what comes after training (public API, export, downstream, README example); returns its workdir."""
+  what comes after training (public API, export, downstream, README example) and, as the uninterrupted reference,
+  by the kill / resume test; returns its workdir."""
   import subprocess
   import sys
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   workdir = str(tmp_path_factory.mktemp("trained_run"))
-  flags = tiny_flags(**{"train.num_steps": 30, "train.eval_every": 0, "schema.features.ad_id.copy_lags": 2})
-  proc = subprocess.run([sys.executable, "-m", "gpt_ads.main", *flags, f"--workdir={workdir}"], cwd=root,
-                        capture_output=True, text=True, timeout=600, env={**os.environ, "XLA_FLAGS": ""})
+  proc = subprocess.run([sys.executable, "-m", "gpt_ads.main", *tiny_flags(**TRAINED_RUN), f"--workdir={workdir}"],
+                        cwd=root, capture_output=True, text=True, timeout=600, env=subprocess_env())
   assert proc.returncode == 0, proc.stderr[-3000:]
   return workdir
