@@ -93,6 +93,21 @@ def run_variant(variant: str, data_dir: str, workdir: str) -> dict:
   return out
 
 
+def _write(variants: dict) -> None:
+  from gpt_ads.data import movielens
+  first = variants[_VARIANTS.value[0]]
+  report = {k: v for k, v in first.items() if k.startswith(("test_", "val_"))}
+  report.update({"wall_seconds": first["wall_seconds"], "best_step": first["best_step"], "variant": _VARIANTS.value[0],
+                 "dataset": "ml-1m", "protocol": movielens.ML1M_PROTOCOL + "; all items ranked, input items "
+                 "excluded", "date": f"{datetime.date.today()}", "command": " ".join(sys.argv),
+                 "variants": variants})
+  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
+  tmp = _OUT.value + ".tmp"
+  with open(tmp, "w") as fh:
+    json.dump(report, fh, indent=2)
+  os.replace(tmp, _OUT.value)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
@@ -106,21 +121,13 @@ def main(argv):
     except ValueError:
       _log(f"preparing ml-1m from {_DATA_DIR.value} into {data}")
       movielens.build("ml-1m", _DATA_DIR.value, data, overwrite=True, log=_log)
-    variants = {v: run_variant(v, data, _WORKDIR.value) for v in _VARIANTS.value}
+    variants = {}
+    for v in _VARIANTS.value:  # --out is rewritten after each variant: a long run's first result is not lost
+      variants[v] = run_variant(v, data, _WORKDIR.value)
+      _write(variants)
   except (ValueError, OSError) as e:
     print(f"benchmarks/ml1m.py: error: {' '.join(str(e).split())}", file=sys.stderr)
     sys.exit(2)
-  first = variants[_VARIANTS.value[0]]
-  report = {k: v for k, v in first.items() if k.startswith(("test_", "val_"))}
-  report.update({"wall_seconds": first["wall_seconds"], "best_step": first["best_step"], "variant": _VARIANTS.value[0],
-                 "dataset": "ml-1m", "protocol": movielens.ML1M_PROTOCOL + "; all items ranked, input items "
-                 "excluded", "date": f"{datetime.date.today()}", "command": " ".join(sys.argv),
-                 "variants": variants})
-  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-  tmp = _OUT.value + ".tmp"
-  with open(tmp, "w") as fh:
-    json.dump(report, fh, indent=2)
-  os.replace(tmp, _OUT.value)
   print(f"{'variant':8s} {'val NDCG@10':>12s} {'test NDCG@10':>13s} {'test HR@10':>11s} {'HR@50':>7s} {'HR@200':>7s}"
         f" {'minutes':>8s}")
   for v, r in variants.items():

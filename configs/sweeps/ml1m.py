@@ -42,7 +42,8 @@ def get_sweep(arg=None):
   if not arg.data:
     raise ValueError("configs/sweeps/ml1m.py needs data=<prepared ml-1m directory> (python -m "
                      "gpt_ads.data.movielens --dataset=ml-1m --output=DIR)")
-  common = {"data.dir": arg.data, "data.max_train_users": USERS, "model.max_len": 50, "train.batch_size": 64,
+  common = {"data.dir": arg.data, "data.max_train_users": USERS, "schema.features.item.loss": "softmax",
+            "model.max_len": 50, "train.batch_size": 64,
             "train.num_steps": arg.steps, "train.warmup_steps": 50, "train.eval_every": 0,
             "train.checkpoint_every": 10_000, "train.keep_checkpoints": 1}
   runs = _runs(LADDER, **common)
