@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import tiny_flags
+from conftest import subprocess_env, tiny_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = [sys.executable, "-m", "gpt_ads.main"]
@@ -33,15 +33,16 @@ def _free_port() -> int:
 def _env(devices: int, **extra) -> dict:
   env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
   env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices), **extra)
+  env.update({k: v for k, v in subprocess_env().items() if k.startswith("JAX_") and "CACHE" in k})  # compile once
   return env
 
 
-def _start(workdir, *, devices, overrides, process_id=None, num_processes=None, port=None):
+def _start(workdir, *, devices, overrides, process_id=None, num_processes=None, port=None, flags=()):
   extra = {}
   if num_processes:
     extra = dict(GPT_ADS_DISTRIBUTED="1", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
                  JAX_NUM_PROCESSES=str(num_processes), JAX_PROCESS_ID=str(process_id))
-  cmd = TRAIN + tiny_flags(**overrides) + [f"--workdir={workdir}"]
+  cmd = TRAIN + tiny_flags(**overrides) + [f"--workdir={workdir}", *flags]
   return subprocess.Popen(cmd, cwd=ROOT, env=_env(devices, **extra), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
 
@@ -97,7 +98,8 @@ def test_a_dead_worker_ends_the_job(tmp_path):
   """kill -9 one of two workers mid-run: the other exits non-zero within 60 s instead of hanging."""
   port = _free_port()
   overrides = {**FLAGS, "train.num_steps": 100000, "train.checkpoint_every": 100000, "train.eval_every": 0}
-  procs = [_start(str(tmp_path), devices=4, overrides=overrides, process_id=i, num_processes=2, port=port)
+  procs = [_start(str(tmp_path), devices=4, overrides=overrides, process_id=i, num_processes=2, port=port,
+                  flags=["--heartbeat_timeout_seconds=15"])  # the survivor notices the dead peer within ~15 s
            for i in range(2)]
   try:
     deadline = time.time() + 300
