@@ -8,7 +8,8 @@ One run measures, on the devices JAX sees (run it alone: a second process on the
   presets       for each model preset (gpt_ads.config_lib.MODEL_SIZES) the default config's real train step
                 (gpt_ads.train.jit_train_step: model, factorized loss with 1,024 shared negatives for ad_id, AdamW)
                 on random ids at the default batch (64 x 64), model dtype bfloat16 (and float32 with --f32):
-                events/s and MFU = model FLOPs per event (gpt_ads.accounting) x events/s / measured bf16 peak.
+                events/s and MFU = model FLOPs per event (gpt_ads.accounting) x events/s / the bf16 peak
+                measured again right after that preset (the rate of a shared VM drifts within minutes).
   compile       seconds to lower + compile the train step with 2 and with 32 layers (d_model 64; scanned layers,
                 so the ratio should stay near 1).
   vocab         step time of the train step whose sampled feature (ad_id) has a 10K and a 1M vocabulary,
@@ -53,8 +54,8 @@ def _median_seconds(fn, repeats: int) -> float:
   return statistics.median(times)
 
 
-def matmul_peak(n: int = 4096, repeats: int = 5) -> dict:
-  """GFLOP/s of a jitted n x n matmul: float32, and bfloat16 inputs with float32 accumulation."""
+def matmul_peak(n: int = 4096, repeats: int = 5, f32_too: bool = True) -> dict:
+  """GFLOP/s of a jitted n x n matmul: bfloat16 inputs with float32 accumulation (and float32)."""
   import jax
   import jax.numpy as jnp
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
@@ -63,8 +64,10 @@ def matmul_peak(n: int = 4096, repeats: int = 5) -> dict:
   bf16 = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
   a16, b16 = a.astype(jnp.bfloat16), b.astype(jnp.bfloat16)
   flops = 2 * n ** 3
-  return {"f32_gflops": flops / _median_seconds(lambda: f32(a, b), repeats) / 1e9,
-          "bf16_gflops": flops / _median_seconds(lambda: bf16(a16, b16), repeats) / 1e9, "n": n}
+  out = {"bf16_gflops": flops / _median_seconds(lambda: bf16(a16, b16), repeats) / 1e9, "n": n}
+  if f32_too:
+    out["f32_gflops"] = flops / _median_seconds(lambda: f32(a, b), repeats) / 1e9
+  return out
 
 
 class Step:
@@ -130,20 +133,24 @@ def _config(preset: str | None = None, **model):
   return c
 
 
-def time_presets(presets, steps: int, peak_bf16: float, dtypes) -> list[dict]:
+def time_presets(presets, steps: int, dtypes) -> list[dict]:
+  """One row per (preset, dtype). The bf16 peak is measured again right after each preset's steps: on a shared
+  or throttling machine the rate moves by several x within minutes, and MFU must compare like with like."""
   rows = []
   for preset in presets:
     for dtype in dtypes:
       s = Step(_config(preset, dtype=dtype))
       sec = s.seconds_per_step(steps)
+      peak = matmul_peak(repeats=3, f32_too=False)["bf16_gflops"]
       ev = s.events / sec
       rows.append({"preset": preset, "dtype": dtype, "d_model": s.config.model.d_model,
                    "num_layers": s.config.model.num_layers,
                    "non_embedding_params": s.counts["non_embedding_params"], "params": s.counts["params"],
                    "flops_per_event": s.flops_per_event, "step_seconds": sec, "events_per_sec": ev,
-                   "model_gflops": s.flops_per_event * ev / 1e9, "mfu": s.flops_per_event * ev / (peak_bf16 * 1e9)})
+                   "model_gflops": s.flops_per_event * ev / 1e9, "peak_bf16_gflops": peak,
+                   "mfu": s.flops_per_event * ev / (peak * 1e9)})
       _log(f"{preset:7s} {dtype:9s} {ev:10,.0f} events/s  {rows[-1]['model_gflops']:7.1f} GFLOP/s  "
-           f"MFU {rows[-1]['mfu']:.1%}")
+           f"MFU {rows[-1]['mfu']:.1%} (bf16 peak next to it {peak:.0f} GFLOP/s)")
   return rows
 
 
@@ -200,7 +207,7 @@ def main(argv):
   peak = matmul_peak()
   _log(f"matmul 4096^2: float32 {peak['f32_gflops']:.0f} GFLOP/s, bf16 in / f32 acc {peak['bf16_gflops']:.0f} GFLOP/s")
   dtypes = ("bfloat16", "float32") if _F32.value else ("bfloat16",)
-  rows = time_presets(_PRESETS.value, _STEPS.value, peak["bf16_gflops"], dtypes)
+  rows = time_presets(_PRESETS.value, _STEPS.value, dtypes)
   comp = compile_scaling()
   vocab = vocab_scaling(_STEPS.value)
   mem = eval_memory()
@@ -214,10 +221,10 @@ def main(argv):
   with open(_OUT.value + ".tmp", "w") as fh:
     json.dump(result, fh, indent=2)
   os.replace(_OUT.value + ".tmp", _OUT.value)
-  print(f"\n{'preset':8s} {'dtype':9s} {'N non-emb':>11s} {'events/s':>10s} {'GFLOP/s':>8s} {'MFU':>6s}")
+  print(f"\n{'preset':8s} {'dtype':9s} {'N non-emb':>11s} {'events/s':>10s} {'GFLOP/s':>8s} {'peak':>6s} {'MFU':>6s}")
   for r in rows:
     print(f"{r['preset']:8s} {r['dtype']:9s} {r['non_embedding_params']:11,d} {r['events_per_sec']:10,.0f} "
-          f"{r['model_gflops']:8.1f} {r['mfu']:6.1%}")
+          f"{r['model_gflops']:8.1f} {r['peak_bf16_gflops']:6.0f} {r['mfu']:6.1%}")
   print(f"best MFU {best['mfu']:.1%} ({best['preset']}); vocab 1M/10K step ratio {vocab['ratio']:.2f}; "
         f"compile 32/2 layers ratio {comp['ratio']:.2f}; eval temp memory 1M/10K ratio {mem['temp_ratio']:.2f}")
   print(f"-> {_OUT.value}")
