@@ -40,7 +40,7 @@ RESULT_KEYS = ("test_loss", "gap_closed", "non_embedding_params", "params", "tra
                "events_per_sec", "step", "bayes_factorized_loss", "unigram_loss", "devices", "train_seconds")
 CONFIG_KEYS = {"backbone": "model.backbone", "d_model": "model.d_model", "num_layers": "model.num_layers",
                "batch_size": "train.batch_size", "num_train_users": "data.num_train_users",
-               "max_train_users": "data.max_train_users"}  # column: config key
+               "max_train_users": "data.max_train_users"}  # column: config key (empty when a config lacks it)
 
 
 def grid(*, config: str, overrides: dict | None = None, **axes) -> list[dict]:
@@ -157,7 +157,7 @@ def gather(runs: list[dict], workdir: str) -> str:
     rows.append({"name": run["name"], "config": run["config"], "arg": run.get("arg", ""),
                  "overrides": json.dumps(run.get("overrides", {}), sort_keys=True),
                  "flops_budget": run.get("flops_budget", ""),
-                 **{k: config[key.split(".")[0]][key.split(".")[1]] for k, key in CONFIG_KEYS.items()},
+                 **{k: config[key.split(".")[0]].get(key.split(".")[1]) for k, key in CONFIG_KEYS.items()},
                  **{k: ev.get(k) for k in RESULT_KEYS}})
   with open(path + ".tmp", "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=["name", "config", "arg", "overrides", "flops_budget", *CONFIG_KEYS,
