@@ -53,17 +53,14 @@ def evaluate(params, source, *, feature: str, schema, config, ks=(10, 50, 200), 
       continue
     events = {f.name: [r[f.name][:-1] for r in records] for f in schema}
     batch = api.make_batch(schema, events, length=length)
+    # Fixed batch rows (padding rows rank nobody) and history width rounded up to 256: few compiled shapes.
+    padded = {k: np.pad(v, ((0, batch_size - len(records)), (0, 0))) for k, v in batch.items()}
     hist_len = max(len(r[feature]) - 1 for r in records)
-    history = np.zeros((batch_size, hist_len), np.int32)
+    history = np.zeros((batch_size, hist_len + (-hist_len % 256)), np.int32)
     targets = np.zeros(batch_size, np.int32)
-    padded = {k: np.zeros((batch_size,) + v.shape[1:], v.dtype) for k, v in batch.items()}  # one compiled shape
     for i, r in enumerate(records):
       history[i, :len(r[feature]) - 1] = r[feature][:-1]
       targets[i] = r[feature][-1]
-      for k in batch:
-        padded[k][i] = batch[k][i]
-    # history's width varies per batch: pad it to a multiple of 256 so only a few shapes compile.
-    history = np.pad(history, ((0, 0), (0, -hist_len % 256)))
     all_ranks.append(np.asarray(rank_fn(params, padded, history, targets))[:len(records)])
     if log is not None:
       log(f"ranked {min(start + batch_size, n):,} / {n:,} users")
