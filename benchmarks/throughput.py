@@ -8,8 +8,10 @@ One run measures, on the devices JAX sees (run it alone: a second process on the
   presets       for each model preset (gpt_ads.config_lib.MODEL_SIZES) the default config's real train step
                 (gpt_ads.train.jit_train_step: model, factorized loss with 1,024 shared negatives for ad_id, AdamW)
                 on random ids at the default batch (64 x 64), model dtype bfloat16 (and float32 with --f32):
-                events/s and MFU = model FLOPs per event (gpt_ads.accounting) x events/s / the bf16 peak
-                measured again right after that preset (the rate of a shared VM drifts within minutes).
+                events/s and MFU = model FLOPs per event (gpt_ads.accounting) x events/s / the bf16 peak,
+                measured again just before and just after that preset's steps (the higher of the two: a shared
+                VM's rate drifts within minutes). Also `mfu_vs_f32_peak`: on a CPU without bf16 arithmetic
+                (e.g. AVX2-only) bf16 matmuls are emulated and slower than f32, so that is the stricter figure.
   compile       seconds to lower + compile the train step with 2 and with 32 layers (d_model 64; scanned layers,
                 so the ratio should stay near 1).
   vocab         step time of the train step whose sampled feature (ad_id) has a 10K and a 1M vocabulary,
@@ -134,23 +136,32 @@ def _config(preset: str | None = None, **model):
 
 
 def time_presets(presets, steps: int, dtypes) -> list[dict]:
-  """One row per (preset, dtype). The bf16 peak is measured again right after each preset's steps: on a shared
-  or throttling machine the rate moves by several x within minutes, and MFU must compare like with like."""
+  """One row per (preset, dtype). The bf16 peak is measured again just before and just after each preset's steps
+  and MFU divides by the higher of the two (the conservative figure): on a shared or throttling machine the rate
+  moves by several x within minutes, and MFU must compare like with like. `peak_spread` (after / before) far
+  from 1 means something else ran on the cores during that row."""
   rows = []
   for preset in presets:
     for dtype in dtypes:
       s = Step(_config(preset, dtype=dtype))
+      s.seconds_per_step(1)  # compile and warm up before the first peak, so the peaks bracket the timed steps
+      pb = matmul_peak(repeats=3)
       sec = s.seconds_per_step(steps)
-      peak = matmul_peak(repeats=3, f32_too=False)["bf16_gflops"]
+      pa = matmul_peak(repeats=3)
+      before, after = pb["bf16_gflops"], pa["bf16_gflops"]
+      peak, peak_f32 = max(before, after), max(pb["f32_gflops"], pa["f32_gflops"])
       ev = s.events / sec
       rows.append({"preset": preset, "dtype": dtype, "d_model": s.config.model.d_model,
                    "num_layers": s.config.model.num_layers,
                    "non_embedding_params": s.counts["non_embedding_params"], "params": s.counts["params"],
                    "flops_per_event": s.flops_per_event, "step_seconds": sec, "events_per_sec": ev,
                    "model_gflops": s.flops_per_event * ev / 1e9, "peak_bf16_gflops": peak,
+                   "peak_bf16_gflops_before": before, "peak_bf16_gflops_after": after, "peak_spread": after / before,
+                   "peak_f32_gflops": peak_f32, "mfu_vs_f32_peak": s.flops_per_event * ev / (peak_f32 * 1e9),
                    "mfu": s.flops_per_event * ev / (peak * 1e9)})
       _log(f"{preset:7s} {dtype:9s} {ev:10,.0f} events/s  {rows[-1]['model_gflops']:7.1f} GFLOP/s  "
-           f"MFU {rows[-1]['mfu']:.1%} (bf16 peak next to it {peak:.0f} GFLOP/s)")
+           f"MFU {rows[-1]['mfu']:.1%} (bf16 peak around it {before:.0f} / {after:.0f} GFLOP/s; "
+           f"{rows[-1]['mfu_vs_f32_peak']:.1%} of the f32 peak {peak_f32:.0f})")
   return rows
 
 
