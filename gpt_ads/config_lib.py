@@ -36,7 +36,7 @@ KNOWN_KEYS = {
     "train": ("num_steps", "batch_size", "learning_rate", "warmup_steps", "lr_schedule", "final_lr_fraction",
               "weight_decay", "b1", "b2", "grad_clip", "grad_accum_steps", "log_every", "eval_every",
               "checkpoint_every", "keep_checkpoints", "init_output_bias", "on_nonfinite", "max_nonfinite_skips",
-              "preemption_grace_seconds"),
+              "preemption_grace_seconds", "sparse_update_min_vocab"),
     "eval": ("batch_size", "vocab_chunk"),
     "mesh": ("data", "fsdp", "tensor", "dcn_data", "dcn_fsdp", "dcn_tensor"),
     "sharding": ("rule_set", "rules"),
@@ -144,6 +144,9 @@ def validate(config) -> None:
   if not t.get("preemption_grace_seconds", 30.0) > 0:
     raise ValueError(f"config.train.preemption_grace_seconds={t.preemption_grace_seconds} must be > 0 (the "
                      "seconds between SIGTERM and the scheduler's SIGKILL, less a margin)")
+  if t.get("sparse_update_min_vocab", 0) < 0:
+    raise ValueError(f"config.train.sparse_update_min_vocab={t.sparse_update_min_vocab} must be >= 0 (0 = dense "
+                     "updates; > 0: row-sparse AdamW for sampled features with at least that many ids)")
   if t.init_output_bias not in ("log_prior", "zeros"):
     raise ValueError(f"config.train.init_output_bias={t.init_output_bias!r} must be 'log_prior' or 'zeros'")
   if config.model.max_len < 2:

@@ -56,7 +56,8 @@ def plan(config) -> dict:
                    for f in schema.sampled if f.sampler in ("unigram", "in_batch")}
   step = train.jit_train_step(model=model, tx=tx, lr_schedule=lr_schedule, unigram_log_q=unigram_log_q,
                               rule_set=rule_set, grad_accum_steps=config.train.grad_accum_steps,
-                              state_shardings=state_shardings, data_sharding=data_sharding)
+                              state_shardings=state_shardings, data_sharding=data_sharding,
+                              sparse_min_vocab=config.train.get("sparse_update_min_vocab", 0))
   with jax.set_mesh(mesh):
     compiled = step.lower(abstract, batch, jax.ShapeDtypeStruct((), jax.random.key(0).dtype)).compile()
   mem = compiled.memory_analysis()

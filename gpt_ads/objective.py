@@ -34,17 +34,26 @@ def _copy(outputs, spec):
   return None if c is None else (c[0][:, :-1], c[1][:, :-1])
 
 
-def training_loss(params, outputs: dict[str, jax.Array], batch: dict[str, jax.Array], rng: jax.Array, *,
-                  schema: features_lib.Schema, unigram_log_q: dict[str, jax.Array]):
-  """-> (weighted total loss, {name: mean nll}). Sampled features use shared negatives drawn from `rng`."""
+def draw_negatives(batch: dict[str, jax.Array], rng: jax.Array, *, schema: features_lib.Schema,
+                   unigram_log_q: dict[str, jax.Array]) -> dict[str, negatives.Negatives]:
+  """{name: the shared negatives of every sampled feature}, drawn for `batch` (global ids) from
+  fold_in(rng, the feature's index in the schema)."""
+  labels, mask = targets(batch, schema)
+  return {f.name: negatives.sample(jax.random.fold_in(rng, i), f, labels[f.name], mask[f.name],
+                                   unigram_log_q.get(f.name))
+          for i, f in enumerate(schema) if f.sampled}
+
+
+def training_loss(params, outputs: dict[str, jax.Array], batch: dict[str, jax.Array],
+                  negs: dict[str, negatives.Negatives], *, schema: features_lib.Schema):
+  """-> (weighted total loss, {name: mean nll}). Sampled features score against `negs` (`draw_negatives`)."""
   labels, mask = targets(batch, schema)
   per_feature = {}
-  for i, f in enumerate(schema):
+  for f in schema:
     out = outputs[f.name][:, :-1]
     if f.sampled:
       table, bias = output_table(params, f)
-      neg = negatives.sample(jax.random.fold_in(rng, i), f, labels[f.name], mask[f.name],
-                             unigram_log_q.get(f.name))
+      neg = negs[f.name]
       nll = losses.sampled_softmax(query=out, labels=labels[f.name], table=table, bias=bias, neg_ids=neg.ids,
                                    neg_log_q=neg.log_q, pos_log_q=neg.label_log_q, copy=_copy(outputs, f))
     else:

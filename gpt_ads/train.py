@@ -25,7 +25,7 @@ from absl import logging
 from tqdm import tqdm
 
 from gpt_ads import (accounting, api, checkpoint, config_lib, health, logbook, negatives, objective, optim,
-                     preemption, sharding)
+                     preemption, sharding, sparse_update)
 from gpt_ads import train_state as train_state_lib
 from gpt_ads.data import datasets, pipeline
 from gpt_ads.model import Model, ModelConfig
@@ -34,10 +34,59 @@ from gpt_ads.model import Model, ModelConfig
 # ----------------------------------------------------------------------------------------------------------
 # The steps (pure functions; everything static is bound with functools.partial before jit).
 # ----------------------------------------------------------------------------------------------------------
+def step_gradients(params, batch: dict[str, jax.Array], rng: jax.Array, *, model: Model, unigram_log_q: dict,
+                   rule_set, grad_accum_steps: int = 1, sparse_min_vocab: int = 0):
+  """The loss and gradient of one step: -> (rows, (loss, {feature: loss}), gradient w.r.t. rows.gather(params)).
+
+  `rng` is the step's key. Each micro-batch's negatives are drawn first (gpt_ads.objective.draw_negatives, from
+  the second half of its key's split; dropout from the first). `rows` (gpt_ads.sparse_update.Rows) holds the
+  rows the step reads of the per-id parameters of the sampled features with at least `sparse_min_vocab` ids
+  (none when it is 0: the view is then params itself), and the gradient is taken w.r.t. that view.
+  """
+  schema, k = model.schema, grad_accum_steps
+  # Micro-batch i takes rows i, i + k, i + 2k, ...: each shard of the batch splits locally, no resharding.
+  micro = batch if k == 1 else jax.tree.map(lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1),
+                                            batch)  # k > 1: [k, b / k, t]
+  drop_rngs, negs = [], []
+  for i in range(k):
+    drop_rng, neg_rng = jax.random.split(rng if k == 1 else jax.random.fold_in(rng, i))
+    mb = micro if k == 1 else jax.tree.map(lambda x: x[i], micro)  # noqa: B023
+    drop_rngs.append(drop_rng)
+    negs.append(objective.draw_negatives(mb, neg_rng, schema=schema, unigram_log_q=unigram_log_q))
+
+  rows = sparse_update.Rows.of(params, batch, negs, schema=schema, min_vocab=sparse_min_vocab,
+                               pad_multiple=model.cfg.vocab_pad_multiple)
+  view_model, params = rows.model(model), rows.gather(params)
+  micro, negs = rows.remap(micro), [rows.remap_negatives(n) for n in negs]
+
+  def loss_fn(params, mb, drop_rng, neg):
+    with nn.logical_axis_rules(rule_set):
+      outputs, _ = view_model.apply({"params": params}, mb, deterministic=False, rngs={"dropout": drop_rng})
+    return objective.training_loss(params, outputs, mb, neg, schema=schema)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if k == 1:
+    return rows, *grad_fn(params, micro, drop_rngs[0], negs[0])
+
+  def body(acc, xs):
+    (l, pf), g = grad_fn(params, *xs)
+    return jax.tree.map(jnp.add, acc, (l, pf, g)), None
+
+  stack = lambda xs: jax.tree.map(lambda *x: jnp.stack(x), *xs)  # noqa: E731
+  zeros = jax.tree.map(jnp.zeros_like, (jnp.float32(0), {f.name: jnp.float32(0) for f in schema}, params))
+  (loss, per_feature, grads), _ = jax.lax.scan(body, zeros, (micro, stack(drop_rngs), stack(negs)))
+  loss, per_feature, grads = jax.tree.map(lambda x: x / k, (loss, per_feature, grads))
+  return rows, (loss, per_feature), grads
+
+
 def train_step(state: train_state_lib.TrainState, batch: dict[str, jax.Array], rng: jax.Array, *, model: Model,
                tx: optax.GradientTransformation, lr_schedule: optax.Schedule, unigram_log_q: dict, rule_set,
-               grad_accum_steps: int = 1):
+               grad_accum_steps: int = 1, sparse_min_vocab: int = 0):
   """One optimizer update on `batch` (optionally accumulated over `grad_accum_steps` micro-batches).
+
+  With `sparse_min_vocab` > 0 the sampled features with at least that many ids get row-sparse ("lazy") AdamW
+  updates (gpt_ads.sparse_update): the gradient and optax's update run on a view of params and optimizer state
+  that holds only the rows of their per-id parameters that the step reads, written back at those rows.
 
   metrics: the logged scalars ("train/...") plus two health entries the loop pops (gpt_ads.health.HEALTH_KEYS):
   "health/finite" (bool []: the loss, every feature's loss and the gradient norm are finite) and
@@ -45,55 +94,33 @@ def train_step(state: train_state_lib.TrainState, batch: dict[str, jax.Array], r
   A non-finite step keeps params and optimizer state as they were (only the step count moves on); the loop then
   stops or goes on (config.train.on_nonfinite), so no NaN ever reaches the state.
   """
-  rng = jax.random.fold_in(rng, state.step)
-
-  def loss_fn(params, micro, r):
-    drop_rng, neg_rng = jax.random.split(r)
-    with nn.logical_axis_rules(rule_set):
-      outputs, _ = model.apply({"params": params}, micro, deterministic=False, rngs={"dropout": drop_rng})
-    return objective.training_loss(params, outputs, micro, neg_rng, schema=model.schema,
-                                   unigram_log_q=unigram_log_q)
-
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  if grad_accum_steps == 1:
-    (loss, per_feature), grads = grad_fn(state.params, batch, rng)
-  else:
-    # Micro-batch i takes rows i, i + k, i + 2k, ...: each shard of the batch splits locally, no resharding.
-    k = grad_accum_steps
-    micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1), batch)
-
-    def body(acc, xs):
-      i, mb = xs
-      (l, pf), g = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
-      return jax.tree.map(jnp.add, acc, (l, pf, g)), None
-
-    zeros = jax.tree.map(jnp.zeros_like, (jnp.float32(0), {f.name: jnp.float32(0) for f in model.schema},
-                                          state.params))
-    (loss, per_feature, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(k), micro))
-    loss, per_feature, grads = jax.tree.map(lambda x: x / k, (loss, per_feature, grads))
-
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  rows, (loss, per_feature), grads = step_gradients(
+      state.params, batch, jax.random.fold_in(rng, state.step), model=model, unigram_log_q=unigram_log_q,
+      rule_set=rule_set, grad_accum_steps=grad_accum_steps, sparse_min_vocab=sparse_min_vocab)
+  params, opt_state = rows.gather(state.params), rows.gather(state.opt_state)  # the view (the state when dense)
+  updates, new_opt_state = tx.update(grads, opt_state, params)
+  new_params = optax.apply_updates(params, updates)
   grad_norm = optax.global_norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   for v in per_feature.values():
     finite &= jnp.isfinite(v)
   keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
-  params, opt_state = jax.tree.map(keep, params, state.params), jax.tree.map(keep, opt_state, state.opt_state)
+  new_params, new_opt_state = jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_opt_state, opt_state)
   metrics = {"train/loss": loss, "train/grad_norm": grad_norm, "train/learning_rate": lr_schedule(state.step)}
   metrics.update({f"train/{name}/loss": v for name, v in per_feature.items()})
   metrics["health/finite"] = finite
   metrics["health/grads_finite"] = jnp.stack([jnp.isfinite(jnp.sum(g)) for g in jax.tree.leaves(grads)])
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  return state.replace(step=state.step + 1, params=rows.scatter(state.params, new_params),
+                       opt_state=rows.scatter(state.opt_state, new_opt_state)), metrics
 
 
 def jit_train_step(*, model: Model, tx, lr_schedule, unigram_log_q: dict, rule_set, grad_accum_steps: int,
-                   state_shardings, data_sharding: jax.sharding.NamedSharding):
+                   state_shardings, data_sharding: jax.sharding.NamedSharding, sparse_min_vocab: int = 0):
   """`train_step` jitted once with explicit in/out shardings, donating the state."""
   batch_shardings = {k: data_sharding for k in (*model.schema.names, "segment_ids", "positions")}
   replicated = jax.sharding.NamedSharding(data_sharding.mesh, jax.sharding.PartitionSpec())
   step = functools.partial(train_step, model=model, tx=tx, lr_schedule=lr_schedule, unigram_log_q=unigram_log_q,
-                           rule_set=rule_set, grad_accum_steps=grad_accum_steps)
+                           rule_set=rule_set, grad_accum_steps=grad_accum_steps, sparse_min_vocab=sparse_min_vocab)
   return jax.jit(step, in_shardings=(state_shardings, batch_shardings, replicated),
                  out_shardings=(state_shardings, replicated), donate_argnums=0)
 
@@ -209,7 +236,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   data_sharding = sharding.batch_sharding(mesh, rule_set)
   p_train_step = jit_train_step(model=model, tx=tx, lr_schedule=lr_schedule, unigram_log_q=unigram_log_q,
                                 rule_set=rule_set, grad_accum_steps=t.grad_accum_steps,
-                                state_shardings=state_shardings, data_sharding=data_sharding)
+                                state_shardings=state_shardings, data_sharding=data_sharding,
+                                sparse_min_vocab=t.get("sparse_update_min_vocab", 0))
   p_eval_step = jax.jit(functools.partial(eval_step, model=model, vocab_chunk=config.eval.vocab_chunk,
                                           rule_set=rule_set),
                         in_shardings=(state_shardings.params, data_sharding))

@@ -128,6 +128,13 @@ def output_table(params, spec: features_lib.FeatureSpec) -> tuple[jax.Array, jax
   return table, head["bias"]
 
 
+def id_param_paths(spec: features_lib.FeatureSpec) -> tuple[tuple[str, ...], ...]:
+  """Where a sampled feature's per-id parameters (one row per id) live in params: the input table, the output
+  bias and, untied, the output table (what FeatureEmbed and `output_table` read)."""
+  paths = (("embed", spec.name), ("heads", spec.name, "bias"))
+  return paths if spec.tied else paths + (("heads", spec.name, "table"),)
+
+
 def copy_inputs(outputs: dict[str, jax.Array], spec: features_lib.FeatureSpec):
   """(gates [b, t, k], recent ids [b, t, k]) of a feature with a copy term, else None."""
   if not spec.copy_lags:
