@@ -15,11 +15,15 @@ One run measures, on the devices JAX sees (run it alone: a second process on the
   compile       seconds to lower + compile the train step with 2 and with 32 layers (d_model 64; scanned layers,
                 so the ratio should stay near 1).
   vocab         step time of the train step whose sampled feature (ad_id) has a 10K and a 1M vocabulary,
-                1,024 negatives both times (the loss touches only sampled rows; the ratio shows what else scales).
+                1,024 negatives both times (the loss touches only sampled rows; the ratio shows what else scales),
+                with dense AdamW (`sparse_update_min_vocab=0`) and with the setting the README recommends for
+                large tables, `sparse_update_min_vocab=100_000` (row-sparse "lazy" AdamW for tables of 100K+
+                ids, gpt_ads.sparse_update; the 10K table stays dense under it).
   eval_memory   XLA's temp-buffer bytes of the exact full-vocabulary evaluation step at 10K and 1M ids
                 (vocabulary processed in chunks of config.eval.vocab_chunk: should be bounded).
---out gets JSON with `best_mfu`, `vocab_step_ratio` (1M / 10K step time), `compile_ratio` (32 / 2 layers),
-`presets` (one row per preset) and every raw figure.
+--out gets JSON with `best_mfu`, `vocab_step_ratio` (1M / 10K step time with the recommended row-sparse setting;
+the dense AdamW ratio is `vocab.dense_ratio`), `compile_ratio` (32 / 2 layers), `presets` (one row per preset) and
+every raw figure.
 """
 
 import datetime
@@ -93,7 +97,8 @@ class Step:
     self.mesh, self.model, self.shardings, self.tx = mesh, model, shardings, tx
     self.step = train.jit_train_step(model=model, tx=tx, lr_schedule=lr, unigram_log_q={}, rule_set=rule_set,
                                      grad_accum_steps=1, state_shardings=shardings,
-                                     data_sharding=self.data_sharding)
+                                     data_sharding=self.data_sharding,
+                                     sparse_min_vocab=config.train.sparse_update_min_vocab)
     counts = accounting.param_counts(abstract.params, schema)
     b, t = config.train.batch_size, config.model.max_len
     self.counts = counts
@@ -174,19 +179,28 @@ def compile_scaling() -> dict:
   return out
 
 
-def _vocab_config(vocab: int):
+SPARSE_MIN_VOCAB = 100_000  # config.train.sparse_update_min_vocab recommended for large tables (README)
+
+
+def _vocab_config(vocab: int, sparse_min_vocab: int = 0):
   from gpt_ads.features import NUM_RESERVED
   c = _config("small", dtype="bfloat16")
   c.data.synthetic.num_ads = vocab - NUM_RESERVED  # ad_id's vocabulary follows the generator's size
+  c.train.sparse_update_min_vocab = sparse_min_vocab
   return c
 
 
 def vocab_scaling(steps: int) -> dict:
-  out = {}
-  for vocab in (10_000, 1_000_000):
-    out[f"vocab_{vocab}_step_seconds"] = Step(_vocab_config(vocab)).seconds_per_step(steps)
-    _log(f"sampled ad_id, vocabulary {vocab:,}: {out[f'vocab_{vocab}_step_seconds'] * 1e3:.0f} ms/step")
-  out["ratio"] = out["vocab_1000000_step_seconds"] / out["vocab_10000_step_seconds"]
+  """Step times at 10K and 1M ad_id ids, dense and with the recommended row-sparse setting; `ratio` is the
+  latter's 1M / 10K, `dense_ratio` the former's."""
+  out = {"sparse_update_min_vocab": SPARSE_MIN_VOCAB}
+  for mode, min_vocab in (("dense", 0), ("sparse", SPARSE_MIN_VOCAB)):
+    prefix = "sparse_" if min_vocab else ""
+    for vocab in (10_000, 1_000_000):
+      sec = out[f"{prefix}vocab_{vocab}_step_seconds"] = Step(_vocab_config(vocab, min_vocab)).seconds_per_step(steps)
+      _log(f"sampled ad_id, vocabulary {vocab:,}, {mode} setting: {sec * 1e3:.0f} ms/step")
+    out[f"{mode}_ratio"] = out[f"{prefix}vocab_1000000_step_seconds"] / out[f"{prefix}vocab_10000_step_seconds"]
+  out["ratio"] = out["sparse_ratio"]
   return out
 
 
@@ -236,7 +250,8 @@ def main(argv):
   for r in rows:
     print(f"{r['preset']:8s} {r['dtype']:9s} {r['non_embedding_params']:11,d} {r['events_per_sec']:10,.0f} "
           f"{r['model_gflops']:8.1f} {r['peak_bf16_gflops']:6.0f} {r['mfu']:6.1%}")
-  print(f"best MFU {best['mfu']:.1%} ({best['preset']}); vocab 1M/10K step ratio {vocab['ratio']:.2f}; "
+  print(f"best MFU {best['mfu']:.1%} ({best['preset']}); vocab 1M/10K step ratio {vocab['ratio']:.2f} "
+        f"(dense AdamW {vocab['dense_ratio']:.2f}); "
         f"compile 32/2 layers ratio {comp['ratio']:.2f}; eval temp memory 1M/10K ratio {mem['temp_ratio']:.2f}")
   print(f"-> {_OUT.value}")
 
