@@ -58,11 +58,12 @@ def _dense_gradient(model, params, batch, rng):
   return jax.jit(jax.grad(loss))(params), negs
 
 
-@pytest.mark.parametrize("mesh_sizes", [dict(data=-1, fsdp=1, tensor=1), dict(data=2, fsdp=2, tensor=2)])
-def test_step_is_lazy_adamw_on_the_rows_read(mesh_sizes):
+def test_step_is_lazy_adamw_on_the_rows_read():
   """Two sparse steps; the second one checked against AdamW by hand on the rows it reads (from the first step's
-  state, so the moments are not zero), and bitwise unchanged everywhere else in the per-id parameters."""
-  config = tiny_config(**{f"mesh.{k}": v for k, v in mesh_sizes.items()})
+  state, so the moments are not zero), and bitwise unchanged everywhere else in the per-id parameters. On a
+  data x fsdp x tensor mesh, so the gathers and scatters run on a table sharded both ways (a data-only mesh is
+  the easier case of the same code; it was checked once and dropped to keep the suite's time)."""
+  config = tiny_config(**{"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2})
   mesh, rule_set, model, tx, lr, shardings = _setup(config)
   step = train.jit_train_step(model=model, tx=tx, lr_schedule=lr, unigram_log_q={}, rule_set=rule_set,
                               grad_accum_steps=1, state_shardings=shardings,
@@ -100,10 +101,11 @@ def test_step_is_lazy_adamw_on_the_rows_read(mesh_sizes):
       np.testing.assert_array_equal(got[name][rest], before_arr[rest], err_msg=f"{path} {name}")
 
 
-@pytest.mark.parametrize("accum,tied", [(1, True), (2, False)])
+@pytest.mark.parametrize("accum,tied", [(2, False)])
 def test_loss_and_gradients_match_the_dense_step(accum, tied):
   """Same negatives, same loss; the gradients of every other parameter bitwise equal, and the slab rows' the
-  dense gradient's rows (which is zero off the rows read)."""
+  dense gradient's rows (which is zero off the rows read). Untied with 2 micro-batches: the most per-id
+  parameters and negative sets; the tied, 1-micro-batch step is the one the AdamW-by-hand test checks."""
   config = tiny_config(**{"schema.features.ad_id.tied": tied})
   mesh, rule_set, model, tx, _, shardings = _setup(config)
   batch = _batch(model.schema, 0)
