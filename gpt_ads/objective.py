@@ -14,11 +14,19 @@ from gpt_ads import losses, negatives
 from gpt_ads.model.heads import copy_inputs, output_table
 
 
+def _next(x: jax.Array, fill: int) -> jax.Array:
+  """[b, t] -> [b, t]: the value at t + 1 (`fill` at the last position)."""
+  return jnp.pad(x[:, 1:], ((0, 0), (0, 1)), constant_values=fill)
+
+
 def targets(batch: dict[str, jax.Array], schema: features_lib.Schema):
-  """-> (labels {name: [b, t-1]}, mask {name: [b, t-1] bool}) aligned with outputs[:, :-1]."""
+  """-> (labels {name: [b, t]}, mask {name: [b, t] bool}) aligned with the outputs [b, t, ...] as they stand
+  (the last position is never a target). The labels are shifted, not the outputs: slicing [b, t, v] logits
+  would copy them, and pad their gradient back, on every step."""
   seg = batch["segment_ids"]
-  next_is_same_user = (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0)  # [b, t-1]
-  labels = {f.name: batch[f.name][:, 1:] for f in schema}
+  next_seg = _next(seg, 0)
+  next_is_same_user = (next_seg == seg) & (next_seg > 0)  # [b, t]
+  labels = {f.name: _next(batch[f.name], features_lib.PAD_ID) for f in schema}
   mask = {f.name: next_is_same_user & (labels[f.name] != features_lib.PAD_ID) for f in schema}
   return labels, mask
 
@@ -26,12 +34,6 @@ def targets(batch: dict[str, jax.Array], schema: features_lib.Schema):
 def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
   m = mask.astype(jnp.float32)
   return jnp.sum(x * m) / jnp.maximum(jnp.sum(m), 1.0)
-
-
-def _copy(outputs, spec):
-  """The copy term's (gates, recent ids) aligned with outputs[:, :-1], or None."""
-  c = copy_inputs(outputs, spec)
-  return None if c is None else (c[0][:, :-1], c[1][:, :-1])
 
 
 def draw_negatives(batch: dict[str, jax.Array], rng: jax.Array, *, schema: features_lib.Schema,
@@ -50,12 +52,12 @@ def training_loss(params, outputs: dict[str, jax.Array], batch: dict[str, jax.Ar
   labels, mask = targets(batch, schema)
   per_feature = {}
   for f in schema:
-    out = outputs[f.name][:, :-1]
+    out = outputs[f.name]
     if f.sampled:
       table, bias = output_table(params, f)
       neg = negs[f.name]
       nll = losses.sampled_softmax(query=out, labels=labels[f.name], table=table, bias=bias, neg_ids=neg.ids,
-                                   neg_log_q=neg.log_q, pos_log_q=neg.label_log_q, copy=_copy(outputs, f))
+                                   neg_log_q=neg.log_q, pos_log_q=neg.label_log_q, copy=copy_inputs(outputs, f))
     else:
       nll = losses.softmax_xent(logits=out, labels=labels[f.name])
     per_feature[f.name] = _masked_mean(nll, mask[f.name])
@@ -65,15 +67,15 @@ def training_loss(params, outputs: dict[str, jax.Array], batch: dict[str, jax.Ar
 
 def exact_nll(params, outputs: dict[str, jax.Array], batch: dict[str, jax.Array], *, schema: features_lib.Schema,
               chunk: int):
-  """EXACT full-vocabulary NLL per target: -> ({name: nll [b, t-1]}, {name: mask [b, t-1] bool})."""
+  """EXACT full-vocabulary NLL per target: -> ({name: nll [b, t]}, {name: mask [b, t] bool})."""
   labels, mask = targets(batch, schema)
   nll = {}
   for f in schema:
-    out = outputs[f.name][:, :-1]
+    out = outputs[f.name]
     if f.sampled:
       table, bias = output_table(params, f)
       nll[f.name] = losses.full_softmax_nll_chunked(query=out, labels=labels[f.name], table=table, bias=bias,
-                                                    vocab_size=f.vocab_size, chunk=chunk, copy=_copy(outputs, f))
+                                                    vocab_size=f.vocab_size, chunk=chunk, copy=copy_inputs(outputs, f))
     else:
       nll[f.name] = losses.softmax_xent(logits=out, labels=labels[f.name])
   return nll, mask

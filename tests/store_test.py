@@ -104,10 +104,10 @@ def test_generated_data_is_written_once_and_packed_users_stay_apart(tmp_path):
   for name in data.schema.names:
     assert not np.allclose(out[name][0, a_events], out_changed[name][0, a_events])
   # No target crosses users: the last event of each user predicts nothing.
-  _, mask = objective.targets(one, data.schema)
+  _, mask = objective.targets(one, data.schema)  # [b, t]: position t predicts event t + 1
   seg = one["segment_ids"][0]
   last_of_user = (seg[:-1] > 0) & (seg[1:] != seg[:-1])
-  assert not np.asarray(mask[names[0]])[0][last_of_user].any()
+  assert not np.asarray(mask[names[0]])[0, :-1][last_of_user].any()
 
 
 def test_a_run_picks_features_loss_kinds_and_training_users(tmp_path):

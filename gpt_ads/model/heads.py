@@ -1,7 +1,8 @@
 """FeatureHeads: one output head per schema feature.
 
-- `softmax` features: dense logits over the (padded) vocabulary, [b, t, v], invalid ids (PAD, padding rows) at
-  -inf, so the model's logits are a proper distribution as they stand.
+- `softmax` features: dense logits over the (padded) vocabulary, [b, t, v], invalid ids (PAD, padding rows)
+  pushed to ~-1e9 (a constant [v] offset, so the backward pass is the identity, not a [b, t, v] select), so the
+  model's logits are a proper distribution as they stand.
 - `sampled_softmax` features: a query in the feature's embedding space, [b, t, e]. Scores against candidate ids
   are `query . table[id] + bias[id]`, with `table` the input embedding table (tied) or the head's own (untied);
   `output_table` fetches them from the params so losses can score any subset of ids.
@@ -31,6 +32,12 @@ def valid_ids(vocab_size: int, padded: int) -> jax.Array:
   """[v] bool: ids a feature can take as a target: OOV and real values, not PAD nor table padding."""
   ids = jnp.arange(padded)
   return (ids != features_lib.PAD_ID) & (ids < vocab_size)
+
+
+def invalid_offset(vocab_size: int, padded: int) -> jax.Array:
+  """[v] f32: 0 on valid ids, NEG_INF on the others; added to [b, t, v] logits it masks them at the cost of a
+  broadcast add (its gradient is the identity; a select's would be another [b, t, v] pass)."""
+  return jnp.where(valid_ids(vocab_size, padded), 0.0, NEG_INF).astype(jnp.float32)
 
 
 class SampledHead(nn.Module):
@@ -116,7 +123,7 @@ class FeatureHeads(nn.Module):
         v = padded_vocab(f.vocab_size, cfg.vocab_pad_multiple)
         logits = Dense("btd,dv->btv", (cfg.d_model, v), (axes.P_EMBED, axes.P_VOCAB), use_bias=True,
                        bias_axes=(axes.P_VOCAB,), dtype=jnp.dtype(cfg.dtype), name=f.name)(h)
-        logits = jnp.where(valid_ids(f.vocab_size, v), logits.astype(jnp.float32), NEG_INF)
+        logits = logits.astype(jnp.float32) + invalid_offset(f.vocab_size, v)
         out[f.name] = nn.with_logical_constraint(logits, (axes.BATCH, axes.LENGTH, axes.VOCAB))
     return out
 
