@@ -7,6 +7,8 @@ ml-1m/train/input.txt (the last item of each line is the test target, the second
 training sees the rest), every item ranked, the user's input items excluded, all 6,040 users. Metrics:
 gpt_ads.retrieval.
 
+On a CPU host the step runs data-parallel over one XLA device per core (`--cpu_devices`, default: the core count).
+
 Per variant (`--variants`, default item then multi; configs/ml1m.py:features=<variant>):
   1. train `configs/ml1m.py` in WORKDIR/<variant> (resumes a half-done run; the data set is prepared once in
      WORKDIR/data);
@@ -34,6 +36,9 @@ _VARIANTS = flags.DEFINE_list("variants", ["item", "multi"], "configs/ml1m.py fe
 _STEPS = flags.DEFINE_integer("steps", None, "Training steps (default: the config's).")
 _SET = flags.DEFINE_multi_string("set", [], "Config override KEY=VALUE (e.g. model.dropout=0.3), any number.")
 _MAX_USERS = flags.DEFINE_integer("max_users", None, "Rank only the first N users (smoke tests; default: all).")
+_CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices", os.cpu_count(), "XLA host devices when training on CPU: one per core runs the step data-parallel "
+    "over all cores (1.9 vs 2.3 s/step on 2 cores); 0 leaves XLA_FLAGS alone. No effect on a GPU / TPU host.")
 _KS = (10, 50, 200)
 flags.mark_flags_as_required(["data_dir", "workdir", "out"])
 
@@ -113,6 +118,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+  xla_flags = os.environ.get("XLA_FLAGS", "")
+  if _CPU_DEVICES.value and "xla_force_host_platform_device_count" not in xla_flags:  # before jax is imported
+    os.environ["XLA_FLAGS"] = f"{xla_flags} --xla_force_host_platform_device_count={_CPU_DEVICES.value}".strip()
   from gpt_ads.data import movielens, store
   try:
     data = os.path.join(_WORKDIR.value, "data")
