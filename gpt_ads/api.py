@@ -28,7 +28,7 @@ import numpy as np
 
 from gpt_ads import features, losses
 from gpt_ads.model import Model, ModelConfig
-from gpt_ads.model.heads import NEG_INF, copy_bonus, copy_inputs, copy_keys, output_table, valid_ids
+from gpt_ads.model.heads import NEG_INF, copy_bonus, copy_inputs, output_table, take_at, valid_ids
 from gpt_ads.model.model import dummy_batch
 
 RUN_FILE = "model.json"  # written by the trainer into its workdir: the config and schema of the run
@@ -111,8 +111,8 @@ def make_batch(schema: features.Schema, events: dict, *, length: int) -> dict[st
   return out
 
 
-def _forward(params, batch, schema, config):
-  return _model(schema, config).apply({"params": params}, batch)
+def _forward(params, batch, schema, config, at=None):
+  return _model(schema, config).apply({"params": params}, batch, at=at)
 
 
 def _candidate_logits(params, outputs, spec: features.FeatureSpec, ids: jax.Array) -> jax.Array:
@@ -145,29 +145,15 @@ def _last_index(batch) -> jax.Array:
   return jnp.maximum(jnp.sum(batch["segment_ids"] > 0, axis=1) - 1, 0)
 
 
-def _at(x, idx):
-  """x [b, t, ...] at positions idx [b] -> [b, 1, ...]."""
-  return jnp.take_along_axis(x, idx.reshape((-1, 1) + (1,) * (x.ndim - 2)), axis=1)
-
-
 def embed(params, batch, *, schema: features.Schema, config, pooling: str = "last") -> jax.Array:
   """User vectors [b, d]: the hidden state after the last event ("last") or the mean over events ("mean")."""
   _, hidden = _forward(params, batch, schema, config)
   if pooling == "last":
-    return _at(hidden, _last_index(batch))[:, 0]
+    return take_at(hidden, _last_index(batch))[:, 0]
   if pooling == "mean":
     m = (batch["segment_ids"] > 0).astype(hidden.dtype)[..., None]
     return jnp.sum(hidden * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
   raise ValueError(f"pooling={pooling!r} must be 'last' or 'mean'")
-
-
-def _last_outputs(outputs, spec, idx):
-  """The outputs a feature needs, at each row's last position ([b, 1, ...])."""
-  out = {spec.name: _at(outputs[spec.name], idx)}
-  if spec.copy_lags:
-    for k in copy_keys(spec.name):
-      out[k] = _at(outputs[k], idx)
-  return out
 
 
 def score(params, batch, feature: str, candidates: jax.Array, *, schema: features.Schema, config,
@@ -177,13 +163,11 @@ def score(params, batch, feature: str, candidates: jax.Array, *, schema: feature
   Exact: normalized over the whole vocabulary (in `vocab_chunk` chunks for sampled features, so a 1M-id
   vocabulary costs O(b · chunk) memory)."""
   spec = schema[feature]
-  outputs, _ = _forward(params, batch, schema, config)
-  idx = _last_index(batch)
+  last, _ = _forward(params, batch, schema, config, at=_last_index(batch))  # the heads at the last event: [b, 1, ...]
   cand = jnp.asarray(candidates, jnp.int32)
   if not spec.sampled:
-    logp = jax.nn.log_softmax(_at(outputs[spec.name], idx)[:, 0], axis=-1)  # [b, v]
+    logp = jax.nn.log_softmax(last[spec.name][:, 0], axis=-1)  # [b, v]
     return jnp.take_along_axis(logp, jnp.broadcast_to(cand, (logp.shape[0],) + cand.shape[-1:]), axis=1)
-  last = _last_outputs(outputs, spec, idx)
   table, bias = output_table(params, spec)
   copy = copy_inputs(last, spec)
   log_z = losses.log_normalizer_chunked(query=last[spec.name], table=table, bias=bias, vocab_size=spec.vocab_size,
@@ -215,23 +199,21 @@ def sample(params, batch, rng: jax.Array, *, num_events: int, schema: features.S
 
   def step(i, carry):
     b, key = carry
-    outputs, _ = _forward(params, b, schema, config)
     idx = _last_index(b)
+    last, _ = _forward(params, b, schema, config, at=idx)  # [b, 1, ...]
     new_pos = idx + 1
     rows = jnp.arange(idx.shape[0])
     for j, f in enumerate(schema):
       if f.sampled:
         v = output_table(params, f)[0].shape[0]
-        last = _last_outputs(outputs, f, idx)
         logits = _candidate_logits(params, last, f, jnp.arange(v))[:, 0]
         logits = jnp.where(valid_ids(f.vocab_size, v), logits, -jnp.inf)
       else:
-        logits = jnp.where(valid_ids(f.vocab_size, outputs[f.name].shape[-1]), _at(outputs[f.name], idx)[:, 0],
-                           -jnp.inf)
+        logits = jnp.where(valid_ids(f.vocab_size, last[f.name].shape[-1]), last[f.name][:, 0], -jnp.inf)
       ids = _sample_feature(jax.random.fold_in(jax.random.fold_in(key, i), j), logits, temperature, top_k)
       b = {**b, f.name: b[f.name].at[rows, new_pos].set(ids, mode="drop")}
     b["segment_ids"] = b["segment_ids"].at[rows, new_pos].set(b["segment_ids"][:, 0], mode="drop")
-    b["positions"] = b["positions"].at[rows, new_pos].set(_at(b["positions"], idx)[:, 0] + 1, mode="drop")
+    b["positions"] = b["positions"].at[rows, new_pos].set(take_at(b["positions"], idx)[:, 0] + 1, mode="drop")
     return b, key
 
   batch = {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()}

@@ -40,14 +40,26 @@ def ranks(params, batch: dict, history: jax.Array, targets: jax.Array, *, featur
 def evaluate(params, source, *, feature: str, schema, config, ks=(10, 50, 200), batch_size: int = 256,
              max_users: int | None = None, exclude_history: bool = True, log=None) -> dict:
   """HR@k / NDCG@k over the users of `source` (records of the prepared data set): {"hr@10": ..., "ndcg@10": ...,
-  "users": n}. The model sees each input's last `config.model.max_len` events; history exclusion uses all."""
+  "users": n}. The model sees each input's last `config.model.max_len` events; history exclusion uses all.
+
+  The rows of each batch are split over this process's devices (as many as divide `batch_size`): on a CPU host
+  with one XLA device per core that ranks on every core.
+  """
   length = config.model.max_len
+  devices = jax.local_devices()
+  devices = devices[:max(k for k in range(1, len(devices) + 1) if batch_size % k == 0)]
+  mesh = jax.sharding.Mesh(np.array(devices), ("rows",))
+  rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("rows"))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   rank_fn = jax.jit(functools.partial(ranks, feature=feature, schema=schema, config=config,
-                                      exclude_history=exclude_history))
+                                      exclude_history=exclude_history),
+                    in_shardings=(replicated, rows, rows, rows), out_shardings=rows)
+  params = jax.device_put(params, replicated)
   n = len(source) if max_users is None else min(max_users, len(source))
   all_ranks = []
   for start in range(0, n, batch_size):
-    records = [source[i] for i in range(start, min(start + batch_size, n))]
+    keys = list(range(start, min(start + batch_size, n)))
+    records = source._getitems(keys) if hasattr(source, "_getitems") else [source[i] for i in keys]
     records = [r for r in records if len(r[feature]) >= 2]
     if not records:
       continue

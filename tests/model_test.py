@@ -121,5 +121,15 @@ def test_copy_term_outputs():
   assert gates.shape == ids.shape == (2, 8, 2)
   assert float(jnp.abs(gates).max()) == 0.0  # starts neutral: zero kernel and bias
   np.testing.assert_array_equal(ids[:, 1:, 1], batch["ad_id"][:, :-1])
+  # Heads applied at one position per row (what scoring the next event uses) = every output taken there.
+  at = np.array([3, 7])
+  params = nn.unbox(params).copy()
+  params["heads"]["ad_id"]["copy"]["kernel"] = jax.random.normal(jax.random.key(1), (model.cfg.d_model, 2))
+  outputs, _ = model.apply({"params": params}, batch)
+  last, _ = model.apply({"params": params}, batch, at=jnp.asarray(at))
+  assert set(last) == set(outputs)
+  for k in outputs:
+    assert last[k].shape == (2, 1) + outputs[k].shape[2:], k
+    np.testing.assert_allclose(last[k][:, 0], outputs[k][np.arange(2), at], rtol=1e-5, atol=1e-5, err_msg=k)
   with pytest.raises(ValueError, match="copy_lags"):
     features.Schema((features.FeatureSpec(name="event_type", vocab_size=8, copy_lags=1),))

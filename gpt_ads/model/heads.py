@@ -98,9 +98,15 @@ def copy_bonus(gates: jax.Array, ids: jax.Array, candidates: jax.Array) -> jax.A
   return jnp.sum(jnp.where(ids == candidates[..., None], gates, 0.0), axis=-1)
 
 
+def take_at(x: jax.Array, at: jax.Array) -> jax.Array:
+  """x [b, t, ...] at one position per row, at [b] -> [b, 1, ...]."""
+  return jnp.take_along_axis(x, at.reshape((-1, 1) + (1,) * (x.ndim - 2)), axis=1)
+
+
 class FeatureHeads(nn.Module):
   """[b, t, d] hidden states -> {feature: logits [b, t, v] or query [b, t, e]} (f32), plus for features with a
-  copy term {copy_keys(name): (gates [b, t, k] f32, recent ids [b, t, k] int32)}.
+  copy term {copy_keys(name): (gates [b, t, k] f32, recent ids [b, t, k] int32)}. With `at` ([b] positions)
+  every output is taken at those positions only: t = 1, and the heads' matmuls run on [b, 1, d].
 
   Attributes:
     schema: the features; cfg: the ModelConfig.
@@ -109,14 +115,18 @@ class FeatureHeads(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, h: jax.Array, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  def __call__(self, h: jax.Array, batch: dict[str, jax.Array], at: jax.Array | None = None) -> dict[str, jax.Array]:
     cfg = self.cfg
+    if at is not None:
+      h = take_at(h, at)  # [b, 1, d]
     out = {}
     for f in self.schema:
       if f.sampled and f.copy_lags:
         gates_key, ids_key = copy_keys(f.name)
         out[f.name], out[gates_key] = SampledHead(f, cfg, name=f.name)(h)
-        out[ids_key] = recent_ids(batch[f.name], batch["segment_ids"], f.copy_lags)
+        out[ids_key] = recent_ids(batch[f.name], batch["segment_ids"], f.copy_lags)  # [b, t, k]
+        if at is not None:
+          out[ids_key] = take_at(out[ids_key], at)
       elif f.sampled:
         out[f.name] = SampledHead(f, cfg, name=f.name)(h)
       else:

@@ -5,7 +5,8 @@
 `batch` holds one [b, t] int32 id array per schema feature plus `segment_ids` ([b, t], 0 = padding, one id per
 user within a row, so packed rows work) and `positions` ([b, t], restarting at 0 for each user). `outputs[name]`
 at position t scores the feature's value of the NEXT event (t + 1) of the same user; `hidden` ([b, t, d]) is the
-user representation after event t. A sampled feature with a copy term (`copy_lags`) adds two more outputs
+user representation after event t. `at` ([b] positions) applies the heads at one position per row only
+(outputs [b, 1, ...]): what scoring the next event needs, without an exact feature's [b, t, v] logits. A sampled feature with a copy term (`copy_lags`) adds two more outputs
 (`heads.copy_keys`): its gates and the ids they apply to.
 """
 
@@ -31,12 +32,12 @@ class Model(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, batch: dict[str, jax.Array], *, deterministic: bool = True):
+  def __call__(self, batch: dict[str, jax.Array], *, deterministic: bool = True, at: jax.Array | None = None):
     x = FeatureEmbed(self.schema, self.cfg, name="embed")(batch)  # [b, t, d]
     x = nn.Dropout(self.cfg.dropout)(x, deterministic=deterministic)
     backbone = RecurrentDecoder if self.cfg.backbone == "lstm" else Decoder
     hidden = backbone(self.cfg, deterministic, name="decoder")(x, batch["segment_ids"])  # [b, t, d]
-    outputs = FeatureHeads(self.schema, self.cfg, name="heads")(hidden, batch)
+    outputs = FeatureHeads(self.schema, self.cfg, name="heads")(hidden, batch, at=at)
     return outputs, hidden.astype(jnp.float32)
 
 
