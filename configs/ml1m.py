@@ -30,7 +30,7 @@ FEATURE_SETS = {"item": ("item",), "multi": ("item", "genre") + CONTEXT}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = config_lib.parse_arg(arg, features="item", size="", steps=1600)
+  arg = config_lib.parse_arg(arg, features="item", size="", steps=1700)
   if arg.features not in FEATURE_SETS:
     raise ValueError(f"config argument features={arg.features!r}: choose one of {sorted(FEATURE_SETS)}")
   c = ml_collections.ConfigDict()
