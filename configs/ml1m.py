@@ -63,7 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.schema.features[name] = dict(loss="softmax", weight=0.0)
 
   c.train = ml_collections.ConfigDict(dict(
-      num_steps=arg.steps, batch_size=128, learning_rate=1.6e-2, warmup_steps=200, lr_schedule="cosine",
+      num_steps=arg.steps, batch_size=128, learning_rate=1.2e-2, warmup_steps=200, lr_schedule="cosine",
       final_lr_fraction=0.02, weight_decay=0.1, b1=0.9, b2=0.98, grad_clip=1.0, grad_accum_steps=1, log_every=100,
       eval_every=0, checkpoint_every=250, keep_checkpoints=4, init_output_bias="log_prior",
       sparse_update_min_vocab=0))
