@@ -9,14 +9,15 @@ gender / age / occupation as input-only context where the data set has them), si
 gpt_ads.config_lib.MODEL_SIZES; default: the tuned d_model 64 x 2 layers below), steps.
 
 The recipe: SASRec's shape (d_model 64 x 2 layers, windows of up to 200 events, dropout 0.2) trained with the
-EXACT softmax over the 3,416 items (an untied d -> v head), AdamW at a peak learning rate of 8e-3 with a cosine
-schedule, 1,500 steps of 128 packed rows; benchmarks/ml1m.py keeps the best of the last 4 checkpoints (250 steps
-apart) by validation NDCG@10. It was picked by two sweeps on one H200 at the step counts that 60 minutes buy on
-2 CPU cores (BUILD_NOTES, "ML-1M next-item benchmark"): for the same CPU time the exact softmax beats the sampled
-one (512 uniform negatives, `--config.schema.features.item.loss=sampled_softmax`) by 0.02-0.025 validation NDCG@10
-at equal learning rates even though its step costs 1.7-1.9x more, and the learning rate matters most
-(2e-3 / 4e-3 / 8e-3: validation NDCG@10 0.162 / 0.173 / 0.182 at 1,450 exact steps). On 2 idle cores this
-config reaches test NDCG@10 0.1856 in 54.8 minutes (README Results).
+EXACT softmax over the 3,416 items (an untied d -> v head), AdamW at a peak learning rate of 1.2e-2 with a cosine
+schedule, 1,600 steps of 128 packed rows; benchmarks/ml1m.py keeps the best of the last 4 checkpoints (250 steps
+apart, and the last) by validation NDCG@10. It was picked by two sweeps on one H200 at the step counts that 60
+minutes buy on 2 CPU cores, then CPU runs (BUILD_NOTES, "ML-1M next-item benchmark"): for the same CPU time the
+exact softmax beats the sampled one (512 uniform negatives, `--config.schema.features.item.loss=sampled_softmax`)
+by 0.02-0.025 validation NDCG@10 at equal learning rates even though its step costs 1.7-1.9x more, and the
+learning rate matters most (H200, 1,450 exact steps, 2e-3 / 4e-3 / 8e-3: validation NDCG@10 0.162 / 0.173 /
+0.182; CPU, 1,500-1,600 steps, 8e-3 / 1.2e-2 / 1.6e-2: 0.188 / 0.191 / 0.188). On 2 idle cores this config reaches test NDCG@10
+0.1871 (validation 0.1911) in 55.1 minutes (README Results).
 The 2 layers are unrolled (`scan_layers=False`): on CPU the scan's stacked per-layer residuals (the [b, h, t, t]
 attention probabilities among them) cost ~20% of the step in copies (1.68 -> 1.37 s/step on 2 idle cores).
 """
