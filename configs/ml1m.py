@@ -16,8 +16,8 @@ minutes buy on 2 CPU cores, then CPU runs (BUILD_NOTES, "ML-1M next-item benchma
 exact softmax beats the sampled one (512 uniform negatives, `--config.schema.features.item.loss=sampled_softmax`)
 by 0.02-0.025 validation NDCG@10 at equal learning rates even though its step costs 1.7-1.9x more, and the
 learning rate matters most (H200, 1,450 exact steps, 2e-3 / 4e-3 / 8e-3: validation NDCG@10 0.162 / 0.173 /
-0.182; CPU, 1,500-1,600 steps, 8e-3 / 1.2e-2 / 1.6e-2: 0.188 / 0.191 / 0.188). On 2 idle cores this config reaches test NDCG@10
-0.1871 (validation 0.1911) in 55.1 minutes (README Results).
+0.182; CPU, 1,500-1,600 steps, 8e-3 / 1.2e-2 / 1.6e-2: 0.188 / 0.191 / 0.188). On 2 idle cores this config
+reaches test NDCG@10 0.1871 (validation 0.1911) in 55.1 minutes (README Results).
 The 2 layers are unrolled (`scan_layers=False`): on CPU the scan's stacked per-layer residuals (the [b, h, t, t]
 attention probabilities among them) cost ~20% of the step in copies (1.68 -> 1.37 s/step on 2 idle cores).
 """

@@ -87,7 +87,7 @@ def read_split(prepared, split: str, label: str, *, names, max_len: int, limit: 
   n = min(len(source), limit)
   records = []
   for start in range(0, n, pipeline.READ_BLOCK):
-    records += source._getitems(list(range(start, min(n, start + pipeline.READ_BLOCK))))
+    records += pipeline.read(source, range(start, min(n, start + pipeline.READ_BLOCK)))
   window = pipeline.Window(names, max_len)
   rows = [pipeline.padded_row(window(r), names, max_len) for r in records]
   batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}

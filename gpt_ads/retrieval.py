@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt_ads import api, features
+from gpt_ads.data import pipeline
 
 
 def ranks(params, batch: dict, history: jax.Array, targets: jax.Array, *, feature: str, schema, config,
@@ -58,9 +59,7 @@ def evaluate(params, source, *, feature: str, schema, config, ks=(10, 50, 200), 
   n = len(source) if max_users is None else min(max_users, len(source))
   all_ranks = []
   for start in range(0, n, batch_size):
-    keys = list(range(start, min(start + batch_size, n)))
-    records = source._getitems(keys) if hasattr(source, "_getitems") else [source[i] for i in keys]
-    records = [r for r in records if len(r[feature]) >= 2]
+    records = [r for r in pipeline.read(source, range(start, min(start + batch_size, n))) if len(r[feature]) >= 2]
     if not records:
       continue
     events = {f.name: [r[f.name][:-1] for r in records] for f in schema}

@@ -32,6 +32,12 @@ SEGMENT_IDS, POSITIONS = "segment_ids", "positions"
 READ_BLOCK = 64
 
 
+def read(source, keys: Sequence[int]) -> list[dict]:
+  """The records `keys` of `source` in one batched read where the source has one (`_getitems`), else one by one."""
+  keys = list(keys)
+  return source._getitems(keys) if hasattr(source, "_getitems") else [source[k] for k in keys]
+
+
 class Window:
   """A user record -> {feature: int32 ids [<= max_len]}: a random window (training) or the last one (eval).
 
@@ -84,11 +90,7 @@ class _ReadBlock:
     self.source, self.window = source, window
 
   def __call__(self, block: list, rng: np.random.Generator) -> list:
-    if hasattr(self.source, "_getitems"):
-      records = self.source._getitems(block)
-    else:
-      records = [self.source[i] for i in block]
-    return [self.window(record, rng) for record in records]
+    return [self.window(record, rng) for record in read(self.source, block)]
 
 
 class _Unblock(grain.experimental.FlatMapTransform):
@@ -248,8 +250,7 @@ def eval_batches(source, *, names: Sequence[str], max_len: int, global_batch: in
   users = []
   for start in range(0, len(keys), READ_BLOCK):
     block = keys[start:start + READ_BLOCK]
-    records = source._getitems(block) if hasattr(source, "_getitems") else [source[k] for k in block]
-    users += [window(r) for r in records]
+    users += [window(r) for r in read(source, block)]
   rows = _pack_rows(users, names, max_len) if pack else [padded_row(u, names, max_len) for u in users]
   num_batches = -(-len(rows) // local)
   if pc > 1:

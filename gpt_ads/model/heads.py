@@ -84,8 +84,8 @@ class SoftmaxHead(nn.Module):
   def __call__(self, h: jax.Array) -> jax.Array:
     f, cfg = self.spec, self.cfg
     v = padded_vocab(f.vocab_size, cfg.vocab_pad_multiple)
-    kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.lecun_normal(),
-                                                               (axes.P_EMBED, axes.P_VOCAB)), (cfg.d_model, v), jnp.float32)
+    kernel_init = nn.with_logical_partitioning(nn.initializers.lecun_normal(), (axes.P_EMBED, axes.P_VOCAB))
+    kernel = self.param("kernel", kernel_init, (cfg.d_model, v), jnp.float32)
     bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (axes.P_VOCAB,)), (v,), jnp.float32)
     shift = bias + invalid_offset(f.vocab_size, v)  # [v]
     h1 = jnp.concatenate([h, jnp.ones(h.shape[:-1] + (1,), h.dtype)], axis=-1)  # [b, t, d + 1]

@@ -6,8 +6,9 @@
 user within a row, so packed rows work) and `positions` ([b, t], restarting at 0 for each user). `outputs[name]`
 at position t scores the feature's value of the NEXT event (t + 1) of the same user; `hidden` ([b, t, d]) is the
 user representation after event t. `at` ([b] positions) applies the heads at one position per row only
-(outputs [b, 1, ...]): what scoring the next event needs, without an exact feature's [b, t, v] logits. A sampled feature with a copy term (`copy_lags`) adds two more outputs
-(`heads.copy_keys`): its gates and the ids they apply to.
+(outputs [b, 1, ...]): what scoring the next event needs, without an exact feature's [b, t, v] logits. A
+sampled feature with a copy term (`copy_lags`) adds two more outputs (`heads.copy_keys`): its gates and the ids
+they apply to.
 """
 
 import flax.linen as nn
