@@ -338,7 +338,7 @@ def report(workdir: str, *, title: str = "Scaling report", with_floor: bool = Fa
   """Writes REPORT.md, fit.json and the PNGs into `workdir` from its results.csv; returns the REPORT.md path."""
   rows = _rows(workdir)
   lines = [f"# {title}", "", "| run | backbone | non-embedding params | params | devices | train s | train FLOPs | "
-           "batch size | steps | train users | test loss | gap closed |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "batch size | steps | train users | test loss | gap closed |", "|---" * 12 + "|"]
   for r in rows:
     lines.append(f"| {r['name']} | {r['_key'][0]} | {_fmt(r['_n'], ',.0f')} | {_fmt(_num(r.get('params')), ',.0f')} | "
                  f"{r.get('devices') or 1} | {_fmt(_num(r.get('train_seconds')), '.0f')} | "

@@ -33,7 +33,8 @@ def test_parameter_shardings_follow_rules(mesh_sizes):
     state = train_state.create(jax.random.key(0), model, tx, shardings)
   boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy_batch(model.schema, 1, 16)))
   logical = nn.get_partition_spec(boxed)["params"]
-  flat_logical = jax.tree_util.tree_leaves_with_path(logical, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  flat_logical = jax.tree_util.tree_leaves_with_path(
+      logical, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
   flat_state = dict(jax.tree_util.tree_leaves_with_path(state.params))
   assert len(flat_logical) == len(flat_state)
   checked_split = 0

@@ -4,11 +4,12 @@ A batch is {feature: int32 [b, t], "segment_ids": int32 [b, t] (0 = padding), "p
 Its source is any random-access source of user records ({feature: int ids [n], ...}), in practice a split of a
 prepared data set (`store.Prepared.source`, a `tfds.data_source`).
 
-Training (endless):   per input shard s of S: source[s::S] -> shuffle(seed), reshuffled every epoch -> repeat -> blocks of READ_BLOCK
-                      users read in one batched call -> a random window of at most max_len events per user ->
-                      iterator (ReadOptions threads) -> unblock -> FirstFitPackIterDataset (several users per row:
-                      segment ids, positions restarting per user) or one user per padded row -> batch of the
-                      shard's rows -> optional multiprocess prefetch; a process concatenates its shards' rows.
+Training (endless):   per input shard s of S: source[s::S] -> shuffle(seed), reshuffled every epoch -> repeat ->
+                      blocks of READ_BLOCK users read in one batched call -> a random window of at most max_len
+                      events per user -> iterator (ReadOptions threads) -> unblock -> FirstFitPackIterDataset
+                      (several users per row: segment ids, positions restarting per user) or one user per padded
+                      row -> batch of the shard's rows -> optional multiprocess prefetch; a process concatenates
+                      its shards' rows.
 Evaluation (finite):  every user once, its LAST max_len events, packed first-fit in order into rows; every
                       process yields the same number of batches (empty rows fill the tail), so collectives line up.
 
