@@ -11,16 +11,11 @@ gpt_ads.config_lib.MODEL_SIZES; default: the tuned d_model 64 x 2 layers below),
 The recipe: SASRec's shape (d_model 64 x 2 layers, windows of up to 200 events, dropout 0.2) trained with the
 EXACT softmax over the 3,416 items (an untied d -> v head), AdamW at a peak learning rate of 1e-2 with a cosine
 schedule (400 warmup steps), 3,200 steps of 64 packed rows; benchmarks/ml1m.py keeps the best of the last 4
-checkpoints (250 steps apart, and the last) by validation NDCG@10. It was picked by two sweeps on one H200 at the
-step counts that 60 minutes buy on 2 CPU cores, then CPU runs (BUILD_NOTES, "ML-1M next-item benchmark"): for the
-same CPU time the exact softmax beats the sampled one (512 uniform negatives,
-`--config.schema.features.item.loss=sampled_softmax`) by 0.02-0.025 validation NDCG@10 at equal learning rates
-even though its step costs 1.7-1.9x more, and the learning rate matters most (H200, 1,450 exact steps of 128
-rows, 2e-3 / 4e-3 / 8e-3: validation NDCG@10 0.162 / 0.173 / 0.182; CPU, 1,500-1,600 steps of 128 rows, 8e-3 /
-1.2e-2 / 1.6e-2: 0.188 / 0.191 / 0.188). Halving the batch to 64 rows costs half the step time, so the same
-60 minutes buy twice the updates: at lr 1e-2 and 3,200 steps, validation 0.1915 vs 0.1911 for 1,600 steps of 128
-rows at 1.2e-2. On 2 idle cores this config reaches test NDCG@10 0.1923 (validation 0.1915) in 54.7 minutes
-(README Results).
+checkpoints (250 steps apart, and the last) by validation NDCG@10. Chosen on validation by H200 sweeps at the step
+counts 60 CPU minutes buy, then CPU runs: the exact softmax learns more per CPU second than 512 sampled negatives
+(`--config.schema.features.item.loss=sampled_softmax`), the learning rate matters most, and 64-row batches (half
+the step time, twice the updates) edge out 128. Every run and figure: BUILD_NOTES, "ML-1M next-item benchmark";
+the result: README Results.
 The 2 layers are unrolled (`scan_layers=False`): on CPU the scan's stacked per-layer residuals (the [b, h, t, t]
 attention probabilities among them) cost ~20% of the step in copies (1.68 -> 1.37 s/step on 2 idle cores).
 """
