@@ -2,7 +2,11 @@
 
 import os
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+# The caller's own XLA flags (e.g. --xla_cpu_max_isa=AVX2, BUILD_NOTES "Running the tests") hold for this process
+# and for every process a test starts; the device count is this process's only.
+CALLER_XLA_FLAGS = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                            if not f.startswith("--xla_force_host_platform_device_count"))
+os.environ["XLA_FLAGS"] = (CALLER_XLA_FLAGS + " --xla_force_host_platform_device_count=8").strip()
 
 import tempfile  # noqa: E402
 
@@ -52,9 +56,10 @@ def tiny():
 
 
 def subprocess_env(**extra) -> dict:
-  """Environment of a `gpt-ads-train` test process: one CPU device, and this session's compilation cache (so
-  processes running the same program compile it once)."""
-  return {**os.environ, "XLA_FLAGS": "", "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
+  """Environment of a process a test starts (`gpt-ads-train`, `gpt-ads-downstream`, ...): one CPU device, the
+  caller's XLA flags, and this session's compilation cache (so processes running the same program compile it
+  once)."""
+  return {**os.environ, "XLA_FLAGS": CALLER_XLA_FLAGS, "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
           **extra}
 

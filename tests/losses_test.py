@@ -1,4 +1,9 @@
-"""Losses and negative samplers against exact references."""
+"""Losses and negative samplers against exact references.
+
+The sampled-softmax tests check the identity case only: every valid id drawn once as a negative with log Q = 0,
+where the sampled loss must equal the exact softmax (accidental hits and the copy term included). They say
+nothing of the estimator when ids are drawn with n q >> 1 or with a non-uniform Q: its consistency there is
+not tested in this file."""
 
 import jax
 import jax.numpy as jnp
@@ -7,6 +12,7 @@ import pytest
 
 from gpt_ads import features, losses, negatives
 from gpt_ads.model.heads import NEG_INF, copy_bonus, recent_ids, valid_ids
+from numerics import assert_close
 
 V, E = 50, 8
 
@@ -26,12 +32,12 @@ def _exact(query, table, bias, labels):
   return losses.softmax_xent(logits=logits, labels=labels)
 
 
-def test_sampled_softmax_with_every_item_as_negative_is_exact():
+def test_sampled_softmax_with_every_item_as_negative_once_and_log_q_zero_is_exact():
   query, table, bias, labels = _case()
   all_ids = jnp.arange(1, V)  # every valid target id once (the label too: masked as a hit); log Q = 0
   nll = losses.sampled_softmax(query=query, labels=labels, table=table, bias=bias, neg_ids=all_ids,
                                neg_log_q=jnp.zeros(V - 1), pos_log_q=jnp.zeros(labels.shape))
-  np.testing.assert_allclose(nll, _exact(query, table, bias, labels), rtol=1e-5, atol=1e-5)
+  assert_close(nll, _exact(query, table, bias, labels))
 
 
 def test_accidental_hits_are_masked():
@@ -40,7 +46,7 @@ def test_accidental_hits_are_masked():
   ids = jnp.concatenate([jnp.arange(1, V), jnp.array([7, 7, 7])])
   nll = losses.sampled_softmax(query=query, labels=labels, table=table, bias=bias, neg_ids=ids,
                                neg_log_q=jnp.zeros(ids.shape), pos_log_q=jnp.zeros(labels.shape))
-  np.testing.assert_allclose(nll, _exact(query, table, bias, labels), rtol=1e-5, atol=1e-5)
+  assert_close(nll, _exact(query, table, bias, labels))
 
 
 @pytest.mark.parametrize("chunk", [7, 16, 64, 200])
@@ -48,7 +54,7 @@ def test_chunked_full_softmax_is_exact(chunk):
   query, table, bias, labels = _case(2)
   nll = losses.full_softmax_nll_chunked(query=query, labels=labels, table=table, bias=bias, vocab_size=V,
                                         chunk=chunk)
-  np.testing.assert_allclose(nll, _exact(query, table, bias, labels), rtol=1e-5, atol=1e-5)
+  assert_close(nll, _exact(query, table, bias, labels))
 
 
 def _copy_case(labels, lags=2):
@@ -83,11 +89,11 @@ def test_copy_term_in_sampled_and_chunked_losses_is_exact():
   all_ids = jnp.arange(1, V)
   nll = losses.sampled_softmax(query=query, labels=labels, table=table, bias=bias, neg_ids=all_ids,
                                neg_log_q=jnp.zeros(V - 1), pos_log_q=jnp.zeros(labels.shape), copy=(gates, ids))
-  np.testing.assert_allclose(nll, exact, rtol=1e-5, atol=1e-5)
+  assert_close(nll, exact)
   for chunk in (7, 64):
     nll = losses.full_softmax_nll_chunked(query=query, labels=labels, table=table, bias=bias, vocab_size=V,
                                           chunk=chunk, copy=(gates, ids))
-    np.testing.assert_allclose(nll, exact, rtol=1e-5, atol=1e-5)
+    assert_close(nll, exact)
 
 
 @pytest.mark.parametrize("sampler", ["uniform", "log_uniform", "unigram"])

@@ -13,10 +13,10 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from conftest import subprocess_env, tiny_flags
+from numerics import assert_close
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = [sys.executable, "-m", "gpt_ads.main"]
@@ -34,6 +34,7 @@ def _env(devices: int, **extra) -> dict:
   env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
   env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices), **extra)
   env.update({k: v for k, v in subprocess_env().items() if k.startswith("JAX_") and "CACHE" in k})  # compile once
+  env["XLA_FLAGS"] = subprocess_env()["XLA_FLAGS"]  # the caller's flags, without a device count
   return env
 
 
@@ -78,9 +79,9 @@ def test_two_processes_match_one_process(runs):
   for step in a:
     for key in ("train/loss", "train/ad_id/loss", "eval/loss"):
       if key in a[step]:
-        np.testing.assert_allclose(b[step][key], a[step][key], rtol=1e-5, atol=1e-5, err_msg=f"{key}@{step}")
+        assert_close(b[step][key], a[step][key], err_msg=f"{key}@{step}")
   ev_a, ev_b = (json.load(open(os.path.join(d, "eval.json"))) for d in runs)
-  np.testing.assert_allclose(ev_b["test_loss"], ev_a["test_loss"], rtol=1e-5)
+  assert_close(ev_b["test_loss"], ev_a["test_loss"])
   assert os.path.isdir(os.path.join(two, "checkpoints", "6", "data"))
 
 
@@ -91,7 +92,7 @@ def test_two_process_checkpoint_resumes_in_one_process_on_another_mesh(runs):
   _run_processes(two, 1, overrides={**FLAGS, "train.num_steps": 8, "mesh.data": 4, "mesh.fsdp": 2})
   a, b = _losses(one), _losses(two)
   assert sorted(b) == [2, 4, 6, 8]
-  np.testing.assert_allclose(b[8]["train/loss"], a[8]["train/loss"], rtol=1e-5, atol=1e-5)
+  assert_close(b[8]["train/loss"], a[8]["train/loss"])
 
 
 def test_a_dead_worker_ends_the_job(tmp_path):

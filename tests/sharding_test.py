@@ -10,6 +10,7 @@ from gpt_ads import features, optim, sharding, train, train_state
 from gpt_ads.data import datasets, pipeline
 from gpt_ads.model import Model, ModelConfig
 from gpt_ads.model.model import dummy_batch
+from numerics import assert_close
 
 TP_SIZES = {"model.d_model": 32, "model.num_heads": 4, "model.mlp_dim": 64}
 
@@ -75,9 +76,9 @@ def test_loss_is_the_same_on_one_device_and_on_an_fsdp_tensor_mesh(tmp_path):
       results.append((jax.device_get(metrics), jax.device_get(state.params)))
   (m1, p1), (m8, p8) = results
   for k in m1:
-    np.testing.assert_allclose(m1[k], m8[k], rtol=1e-5, atol=1e-5, err_msg=k)
+    assert_close(m1[k], m8[k], err_msg=k)
   for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert_close(a, b)
 
 
 @pytest.mark.parametrize("sizes, msg", [(dict(data=3, fsdp=1, tensor=1), "3 devices but 8"),

@@ -15,6 +15,7 @@ from conftest import tiny_config
 from gpt_ads import config_lib, features, objective, optim, sharding, sparse_update, train, train_state
 from gpt_ads.model import Model, ModelConfig
 from gpt_ads.model.heads import id_param_paths
+from numerics import assert_close
 
 SPARSE = 100  # sparse_update_min_vocab: ad_id (302 ids) is row-sparse, the softmax features never are
 
@@ -91,9 +92,12 @@ def test_step_is_lazy_adamw_on_the_rows_read():
     v = b2 * v0 + (1 - b2) * gg ** 2
     p = p0 - float(lr(1)) * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + 1e-8)
     got = {"param": _get(after.params, path), "mu": _get(moments[1], path), "nu": _get(moments[3], path)}
-    np.testing.assert_allclose(got["param"][read], p[read], rtol=1e-5, atol=1e-7, err_msg=str(path))
-    np.testing.assert_allclose(got["mu"][read], m[read], rtol=1e-4, atol=1e-9, err_msg=str(path))
-    np.testing.assert_allclose(got["nu"][read], v[read], rtol=1e-4, atol=1e-12, err_msg=str(path))
+    # The reference gradient is another sum (jax.grad of the whole table; the step differentiates the gathered
+    # rows, on a 2x2x2 mesh): entries agree to ~1e-6 of the largest (measured 4e-7 for mu, 1e-6 for the bias
+    # param, on AVX-512 and AVX2 alike), however small the entry; 1e-5 of the scale leaves a 10x margin.
+    assert_close(got["param"][read], p[read], scale_tol=1e-5, err_msg=str(path))
+    assert_close(got["mu"][read], m[read], scale_tol=1e-5, err_msg=str(path))
+    assert_close(got["nu"][read], v[read], scale_tol=1e-5, err_msg=str(path))
     rest = np.ones(p0.shape[0], bool)
     rest[read] = False
     assert np.any(m0[rest] != 0), "no row with momentum outside the rows read: dense AdamW would pass too"
@@ -131,7 +135,7 @@ def test_loss_and_gradients_match_the_dense_step(accum, tied):
     v = gd.shape[0]
     assert gs.shape[0] == len(u)
     real = u < v
-    np.testing.assert_allclose(gs[real], gd[u[real]], rtol=1e-5, atol=1e-9, err_msg=str(path))
+    assert_close(gs[real], gd[u[real]], err_msg=str(path))
     assert not np.any(gs[~real]), "free slots must have no gradient"
     rest = np.ones(v, bool)
     rest[u[real]] = False

@@ -13,6 +13,7 @@ from gpt_ads import objective
 from gpt_ads.data import datasets, pipeline, store
 from gpt_ads.model import Model, ModelConfig
 from gpt_ads.model.model import dummy_batch
+from numerics import assert_close
 
 FEATURES = [{"name": "item", "vocab_size": 50, "loss": "sampled_softmax", "vocabulary": {"kind": "test"}},
             {"name": "kind", "vocab_size": 6, "loss": "softmax", "vocabulary": {"kind": "test"}}]
@@ -100,7 +101,7 @@ def test_generated_data_is_written_once_and_packed_users_stay_apart(tmp_path):
   out_changed, _ = model.apply({"params": params}, changed)
   others = ~a_events
   for name in out:  # every output, the copy term's gates and ids too
-    np.testing.assert_allclose(out[name][0, others], out_changed[name][0, others], atol=1e-5)
+    assert_close(out[name][0, others], out_changed[name][0, others], err_msg=name)
   for name in data.schema.names:
     assert not np.allclose(out[name][0, a_events], out_changed[name][0, a_events])
   # No target crosses users: the last event of each user predicts nothing.

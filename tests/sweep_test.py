@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from conftest import TINY
+from conftest import TINY, subprocess_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,7 +22,7 @@ def _sweep_file(tmp_path):
 
 def _run(*args):
   return subprocess.run([sys.executable, "-m", "gpt_ads.sweep", *args], cwd=ROOT, capture_output=True, text=True,
-                        timeout=600, env={**os.environ, "XLA_FLAGS": ""})
+                        timeout=600, env=subprocess_env())
 
 
 def test_sweep_runs_resumes_and_gathers(tmp_path):

@@ -86,6 +86,7 @@ def _users_of(p, idx):
 
 def test_tiny_process_sequence_probabilities_sum_to_one(tiny):
   per_seg = _sequence_probs(tiny)
+  # float64 sums of O(100) probabilities to 1: atol 1e-12 is ~5,000 ulps of 1.
   np.testing.assert_allclose(per_seg.sum(axis=(1, 2, 3)), 1.0, atol=1e-12)
   np.testing.assert_allclose(tiny.prior.sum(), 1.0, atol=1e-12)
 
@@ -102,6 +103,7 @@ def test_bayes_matches_brute_force(tiny):
   scores = p.bayes(_users_of(p, idx))
 
   np.testing.assert_array_equal(scores.joint_nll[:, 0], 0.0)
+  # float64 on both sides, values O(1..20): atol 1e-9 is ~1e6 ulps, far above any host's rounding.
   np.testing.assert_allclose(scores.joint_nll[:, 1], -np.log(p2[i, j] / p1[i]), rtol=0, atol=1e-9)
   np.testing.assert_allclose(scores.joint_nll[:, 2], -np.log(p3[i, j, l] / p2[i, j]), rtol=0, atol=1e-9)
 
