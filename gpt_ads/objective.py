@@ -31,9 +31,10 @@ def targets(batch: dict[str, jax.Array], schema: features_lib.Schema):
   return labels, mask
 
 
-def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
-  m = mask.astype(jnp.float32)
-  return jnp.sum(x * m) / jnp.maximum(jnp.sum(m), 1.0)
+def target_counts(batch: dict[str, jax.Array], schema: features_lib.Schema) -> dict[str, jax.Array]:
+  """{name: f32 [] number of targets of the feature in `batch` (at least 1, so that a mean over none is 0)}."""
+  _, mask = targets(batch, schema)
+  return {name: jnp.maximum(jnp.sum(m.astype(jnp.float32)), 1.0) for name, m in mask.items()}
 
 
 def draw_negatives(batch: dict[str, jax.Array], rng: jax.Array, *, schema: features_lib.Schema,
@@ -47,9 +48,15 @@ def draw_negatives(batch: dict[str, jax.Array], rng: jax.Array, *, schema: featu
 
 
 def training_loss(params, outputs: dict[str, jax.Array], batch: dict[str, jax.Array],
-                  negs: dict[str, negatives.Negatives], *, schema: features_lib.Schema):
-  """-> (weighted total loss, {name: mean nll}). Sampled features score against `negs` (`draw_negatives`)."""
+                  negs: dict[str, negatives.Negatives], *, schema: features_lib.Schema,
+                  num_targets: dict[str, jax.Array] | None = None):
+  """-> (weighted total loss, {name: mean nll}). Sampled features score against `negs` (`draw_negatives`).
+
+  Each feature's summed NLL is divided by `num_targets[name]`: by default this batch's own `target_counts`
+  (a mean). When `batch` is one micro-batch of a step, pass the whole step's counts: the micro-batches' losses
+  (and gradients) then add up to the mean over the step's targets, as one batch would give."""
   labels, mask = targets(batch, schema)
+  num_targets = target_counts(batch, schema) if num_targets is None else num_targets
   per_feature = {}
   for f in schema:
     out = outputs[f.name]
@@ -60,7 +67,7 @@ def training_loss(params, outputs: dict[str, jax.Array], batch: dict[str, jax.Ar
                                    neg_log_q=neg.log_q, pos_log_q=neg.label_log_q, copy=copy_inputs(outputs, f))
     else:
       nll = losses.softmax_xent(logits=out, labels=labels[f.name])
-    per_feature[f.name] = _masked_mean(nll, mask[f.name])
+    per_feature[f.name] = jnp.sum(nll * mask[f.name].astype(jnp.float32)) / num_targets[f.name]
   total = sum(f.weight * per_feature[f.name] for f in schema)
   return total, per_feature
 

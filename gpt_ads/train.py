@@ -39,7 +39,10 @@ def step_gradients(params, batch: dict[str, jax.Array], rng: jax.Array, *, model
   """The loss and gradient of one step: -> (rows, (loss, {feature: loss}), gradient w.r.t. rows.gather(params)).
 
   `rng` is the step's key. Each micro-batch's negatives are drawn first (gpt_ads.objective.draw_negatives, from
-  the second half of its key's split; dropout from the first). `rows` (gpt_ads.sparse_update.Rows) holds the
+  the second half of its key's split; dropout from the first). With k > 1 micro-batches each feature's NLL is
+  summed over them and divided by the step's number of targets (not a mean of per-micro-batch means, which
+  would weigh a target by its micro-batch's size): the loss and gradient are the whole batch's, up to the
+  negatives, which each micro-batch draws for itself. `rows` (gpt_ads.sparse_update.Rows) holds the
   rows the step reads of the per-id parameters of the sampled features with at least `sparse_min_vocab` ids
   (none when it is 0: the view is then params itself), and the gradient is taken w.r.t. that view.
   """
@@ -59,10 +62,12 @@ def step_gradients(params, batch: dict[str, jax.Array], rng: jax.Array, *, model
   view_model, params = rows.model(model), rows.gather(params)
   micro, negs = rows.remap(micro), [rows.remap_negatives(n) for n in negs]
 
+  num_targets = None if k == 1 else objective.target_counts(batch, schema)  # k > 1: the whole step's
+
   def loss_fn(params, mb, drop_rng, neg):
     with nn.logical_axis_rules(rule_set):
       outputs, _ = view_model.apply({"params": params}, mb, deterministic=False, rngs={"dropout": drop_rng})
-    return objective.training_loss(params, outputs, mb, neg, schema=schema)
+    return objective.training_loss(params, outputs, mb, neg, schema=schema, num_targets=num_targets)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if k == 1:
@@ -75,7 +80,6 @@ def step_gradients(params, batch: dict[str, jax.Array], rng: jax.Array, *, model
   stack = lambda xs: jax.tree.map(lambda *x: jnp.stack(x), *xs)  # noqa: E731
   zeros = jax.tree.map(jnp.zeros_like, (jnp.float32(0), {f.name: jnp.float32(0) for f in schema}, params))
   (loss, per_feature, grads), _ = jax.lax.scan(body, zeros, (micro, stack(drop_rngs), stack(negs)))
-  loss, per_feature, grads = jax.tree.map(lambda x: x / k, (loss, per_feature, grads))
   return rows, (loss, per_feature), grads
 
 
