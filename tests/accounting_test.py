@@ -36,6 +36,8 @@ def _flops(overrides):
     {"model.d_model": 64, "model.num_layers": 3, "model.num_heads": 4, "model.mlp_dim": 256,
      "data.synthetic.max_len": 64},
 ])
-def test_flops_formula_matches_xla_within_ten_percent(overrides):
+def test_flops_formula_is_within_five_percent_below_xla(overrides):
+  """What gpt_ads.accounting's docstring states: the formula counts the matmuls and attention only, so it is
+  below XLA's count (norms, softmaxes, AdamW), by less than 5% at these widths (3.8% and 4.1% measured)."""
   xla, formula = _flops(overrides)
-  assert abs(formula / xla - 1) < 0.10, (formula, xla)
+  assert 0.95 < formula / xla < 1.0, (formula, xla)

@@ -1,5 +1,7 @@
 """The LSTM backbone (`config.model.backbone="lstm"`): shapes, causality, packing resets, it learns."""
 
+import json
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -11,6 +13,7 @@ from gpt_ads import features
 from gpt_ads.model import Model, ModelConfig
 from gpt_ads.model.model import dummy_batch
 from gpt_ads.model.recurrent import segment_starts
+from numerics import assert_close
 
 
 def _model(**model_overrides):
@@ -72,7 +75,7 @@ def test_causal(model_and_params):
   a, _ = model.apply({"params": params}, batch)
   b, _ = model.apply({"params": params}, changed)
   for name in a:  # every output, the copy term's gates and ids too
-    np.testing.assert_allclose(a[name][:, :10], b[name][:, :10], atol=1e-6)
+    assert_close(a[name][:, :10], b[name][:, :10], err_msg=name)
   for name in model.schema.names:
     assert not np.allclose(a[name][:, 10:], b[name][:, 10:])
 
@@ -87,8 +90,8 @@ def test_packed_users_do_not_see_each_other(model_and_params):
   out_1, _ = model.apply({"params": params}, u1)
   out_2, _ = model.apply({"params": params}, u2)
   for name in out_p:
-    np.testing.assert_allclose(out_p[name][:, :6], out_1[name], atol=1e-5)
-    np.testing.assert_allclose(out_p[name][:, 6:], out_2[name], atol=1e-5)
+    assert_close(out_p[name][:, :6], out_1[name], err_msg=name)
+    assert_close(out_p[name][:, 6:], out_2[name], err_msg=name)
 
 
 @pytest.mark.parametrize("overrides", [dict(dtype="bfloat16"), dict(scan_layers=False, remat="full"),
@@ -102,9 +105,12 @@ def test_variants_run(overrides):
 
 
 def test_lstm_trains(tmp_path):
+  """40 steps through the trainer: the training loss falls and the test loss beats the unigram baseline."""
   from gpt_ads import train
   result = train.train_and_evaluate(tiny_config(**{
       "model.backbone": "lstm", "train.num_steps": 40, "train.eval_every": 0, "train.checkpoint_every": 1000,
-      "train.learning_rate": 3e-3}), str(tmp_path))
-  assert np.isfinite(result["test_loss"])
+      "train.learning_rate": 3e-3, "train.log_every": 10}), str(tmp_path))
+  records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert records[-1]["train/loss"] < records[0]["train/loss"] - 0.5, [r["train/loss"] for r in records]
+  assert result["test_loss"] < result["unigram_loss"], result
   assert result["test_loss"] < result["unigram_loss"]
