@@ -4,21 +4,46 @@ Every user has a static latent segment s in {0..K-1} (the last `num_bot_segments
 the events X_t = (event_type, ad_id, device, time_gap) follow a first-order process:
 
   event_type  e_0 ~ p0_e(s);  e_t ~ T_s[e_{t-1}]                              (peaked, segment-specific rows)
-  ad_id       a_t ~ r_s[e_t] 1[a_t = a_{t-1}] + (1 - r_s[e_t]) p_c(s)[cat(a_t)] q(a_t | cat(a_t))
-              (retargeting repeats; no repeat term at t = 0; q is a global Zipf popularity within a category)
+  ad_id       a_t ~ r_s[e_t] 1[a_t = a_{t-1}] + (1 - r_s[e_t]) b_s(a_t)
+              (retargeting repeats; no repeat term at t = 0; b_s(a) = p_c(s)[cat(a)] q(a | cat(a)) with q a
+              global Zipf popularity within a category, except for `indiscriminate` bots, below)
   device      d_t = d_{t-1} with prob. `device_stickiness`, else a fresh draw from p_d(s) (d_0 ~ p_d(s))
-  time_gap    g_t ~ p_g(s, e_t)                                                (bots: near-deterministic rows)
+  time_gap    g_t ~ p_g(s, e_t)
 
-The sequence length L ~ Uniform{min_len..max_len} is drawn INDEPENDENTLY of the segment and of the events, so
-the posterior over segments given the observed events is exact and `Process.bayes` (forward filtering over
-the K segments) gives the Bayes-optimal next-event losses. Labels: is_bot = (s is a bot segment);
-converted ~ Bernoulli(p_conv(s)) with p_conv ~ Beta(1, 3) for humans and 0 for bots.
+and the sequence length is L ~ Uniform{lo_s..hi_s}, independent of the events given s: humans (and `legacy`
+bots) use min_len..max_len, a bot kind may have its own range (`bot_length_ranges`). Labels: is_bot = (s is a
+bot segment); converted ~ Bernoulli(p_conv(s)) with p_conv ~ Beta(1, 3) for humans and 0 for bots.
 
-Segment prior: humans share 1 - bot_fraction and bots share bot_fraction; within each group the shares are a
-Dirichlet(5) draw. All process parameters come from `np.random.default_rng(process_seed)`; users are drawn
-from a separate seed per `sample` call. Feature value v (0-based) is written as id v + NUM_RESERVED; ad values
-are relabeled by decreasing marginal frequency under the process (the Zipf weight reweighted by the segments'
-category preferences), so the most frequent ad has id NUM_RESERVED, as the log_uniform sampler assumes.
+Bot kinds (`bot_kinds`: one comma-separated entry per bot segment, in segment order; a name may repeat). Every
+kind except `legacy` starts from a fresh human-like draw of all the segment's parameters (the humans'
+Dirichlet / uniform distributions) and then replaces what its name says:
+  legacy          the original bots (what "" gives): gap rows Dirichlet(bot_gap_concentration), categories
+                  Dirichlet(bot_category_concentration), repeats + bot_repeat_boost (clipped to 0.95)
+  regular         automation regular in time: gap rows Dirichlet(bot_gap_concentration) (near-deterministic)
+  indiscriminate  ads close to uniform over ALL ads: b_s(a) = u / A + (1 - u) p_c(s)[cat(a)] q(a | cat(a)) with
+                  u = indiscriminate_uniform (p_c(s) then holds b_s's category marginal); few repeats:
+                  r_s ~ U(0, repeat_low / 2)
+  clicker         click-heavy: p0_e(s) and every row of T_s are click_mass * onehot(CLICK_TYPE) + (1 - click_mass)
+                  * (the human-like row); moderately regular gaps: Dirichlet(sqrt(gap_conc * bot_gap_conc))
+  mimic           the subtle kind: copies a human segment h (the i-th mimic copies the i-th most populous human)
+                  and mixes each parameter row with a fresh row drawn around it, at weight w = mimic_strength:
+                  row = (1 - w) row_h + w Dirichlet(mimic_concentration * row_h) (p0_e, T, p_c, p_d, p_g; and
+                  r = (1 - w) r_h + w U(repeat_low, repeat_high)), so every probability is within w of the
+                  human's (total variation <= w per row) and the fresh mass stays where the human's is (a fresh
+                  Dirichlet(1) row would put mass on ads the human never sees: an easy tell)
+
+Random streams: the segment prior (humans share 1 - bot_fraction and bots share bot_fraction; within each
+group the shares are a Dirichlet(5) draw), p_conv and the parameters of every segment as a `legacy` process
+draws them come from `np.random.default_rng(process_seed)` in the original order, so the human segments (and
+`legacy` bots) are exactly the original process's for the same num_segments / num_bot_segments; a non-legacy
+bot segment s then redraws its parameters from its own stream `np.random.default_rng([process_seed, 1, s])`.
+Users are drawn from a separate seed per `sample` call. Feature value v (0-based) is written as id
+v + NUM_RESERVED; ad values are relabeled by decreasing marginal frequency under the process (Σ_s prior(s)
+b_s(a)), so the most frequent ad has id NUM_RESERVED, as the log_uniform sampler assumes.
+
+`Process.bayes` (forward filtering over the K segments) gives the exact scores: per-event predictive losses
+-log p(X_t | X_<t, L > t) (see its docstring) and the posterior P(s | X_0..X_{L-1}, L) behind p_bot / p_kind /
+p_conversion. Configs stored before `bot_kinds` existed (no such key) rebuild the original process.
 """
 
 from __future__ import annotations
@@ -31,17 +56,30 @@ import numpy as np
 from gpt_ads.features import NUM_RESERVED, PAD_ID
 
 FEATURE_NAMES = ("event_type", "ad_id", "device", "time_gap")
+BOT_KINDS = ("legacy", "regular", "indiscriminate", "clicker", "mimic")
+CLICK_TYPE = 1  # the event type (0-based) that `clicker` bots favour
 
 _FLOOR = 1e-12  # keeps every Dirichlet draw strictly positive, so no observed event has zero likelihood
+# Keys added with the bot kinds, and the values that rebuild the original process from a config without them.
+_ADDED_KEYS = {"bot_kinds": "", "bot_length_ranges": "", "mimic_strength": 0.15, "click_mass": 0.8,
+               "indiscriminate_uniform": 0.9, "mimic_concentration": 5.0}
 
 
 def default_config() -> ml_collections.ConfigDict:
   """All knobs of the synthetic process."""
   c = ml_collections.ConfigDict()
   c.process_seed = 0
-  c.num_segments = 8
-  c.num_bot_segments = 2
+  c.num_segments = 10                  # 6 human segments + the 4 bot kinds below
+  c.num_bot_segments = 4
   c.bot_fraction = 0.1
+  c.bot_kinds = "regular,indiscriminate,clicker,mimic"  # one kind per bot segment; "" = all `legacy`
+  # "kind:lo-hi" entries: that kind's L ~ Uniform{lo..hi}, clipped into [min_len, max_len]; other kinds and
+  # humans: min_len..max_len. The default mixes short bursts (regular), long (indiscriminate) and human lengths.
+  c.bot_length_ranges = "regular:8-16,indiscriminate:24-64,clicker:8-32"
+  c.mimic_strength = 0.15              # mimic bots: weight of the fresh draw mixed into the copied human rows
+  c.mimic_concentration = 5.0          # mimic bots: the fresh row is Dirichlet(mimic_concentration * human row)
+  c.click_mass = 0.8                   # clicker bots: mass of CLICK_TYPE in every event-type row
+  c.indiscriminate_uniform = 0.9       # indiscriminate bots: weight of the uniform distribution over all ads
   c.num_event_types = 6
   c.num_ads = 10_000
   c.num_ad_categories = 20
@@ -50,17 +88,39 @@ def default_config() -> ml_collections.ConfigDict:
   c.zipf_exponent = 1.2
   c.event_concentration = 0.3          # Dirichlet of the event-type transition rows (small = peaked)
   c.category_concentration = 0.1       # Dirichlet of a human segment's category preference
-  c.bot_category_concentration = 0.02  # bots: ad fraud concentrates on very few categories
+  c.bot_category_concentration = 0.02  # legacy bots: ad fraud concentrates on very few categories
   c.repeat_low = 0.2                   # retargeting repeat probability r_s[e] ~ U(repeat_low, repeat_high)
   c.repeat_high = 0.8
-  c.bot_repeat_boost = 0.2             # added to the bots' r_s[e], clipped to 0.95
+  c.bot_repeat_boost = 0.2             # added to the legacy bots' r_s[e], clipped to 0.95
   c.device_concentration = 0.5
   c.device_stickiness = 0.85
   c.gap_concentration = 0.5            # Dirichlet of the humans' time-gap rows
-  c.bot_gap_concentration = 0.05       # bots are regular
+  c.bot_gap_concentration = 0.05       # legacy and regular bots are regular
   c.min_len = 8
   c.max_len = 64
   return c
+
+
+def _get(cfg: ml_collections.ConfigDict, key: str):
+  return cfg.get(key, _ADDED_KEYS[key])
+
+
+def bot_kind_list(cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The kind of each bot segment, in segment order (`bot_kinds` split at commas; "" = every one `legacy`)."""
+  kinds = tuple(k.strip() for k in str(_get(cfg, "bot_kinds")).split(",") if k.strip())
+  return kinds or ("legacy",) * int(cfg.num_bot_segments)
+
+
+def _length_ranges(cfg: ml_collections.ConfigDict) -> dict[str, tuple[int, int]]:
+  """`bot_length_ranges` parsed: kind -> (lo, hi) before clipping into [min_len, max_len]."""
+  out = {}
+  for entry in filter(None, (x.strip() for x in str(_get(cfg, "bot_length_ranges")).split(","))):
+    kind, _, span = entry.partition(":")
+    lo, _, hi = span.partition("-")
+    if kind.strip() not in BOT_KINDS or not lo.strip().isdigit() or not hi.strip().isdigit() or int(lo) > int(hi):
+      raise ValueError(f"bot_length_ranges entry {entry!r}: want 'kind:lo-hi' with lo <= hi and kind in {BOT_KINDS}")
+    out[kind.strip()] = (int(lo), int(hi))
+  return out
 
 
 @dataclasses.dataclass
@@ -72,6 +132,7 @@ class Users:
   is_bot: np.ndarray     # bool [n]
   converted: np.ndarray  # bool [n]
   vocab_sizes: dict[str, int] = dataclasses.field(default_factory=dict)  # name -> vocab size incl. reserved
+  bot_kind: np.ndarray | None = None  # int32 [n]: index into Process.bot_kind_names, -1 = human (None: unknown)
 
   def __len__(self) -> int:
     return len(self.lengths)
@@ -87,11 +148,16 @@ class Users:
 
 @dataclasses.dataclass
 class BayesScores:
-  """Exact Bayes scores of `Users` under the true process; NLLs are 0 at t = 0 and at padding."""
-  factorized_nll: dict[str, np.ndarray]  # name -> float64 [n, max_len]: -log p(F_j(t) | events < t)
-  joint_nll: np.ndarray                  # float64 [n, max_len]: -log p(X_t | events < t)
-  p_bot: np.ndarray                      # float64 [n]: P(bot | whole sequence)
-  p_conversion: np.ndarray               # float64 [n]: E[converted | whole sequence]
+  """Exact Bayes scores of `Users` under the true process; NLLs are 0 at t = 0 and at padding.
+
+  NLLs at 1 <= t < L: -log p(· | events < t, L > t) (the history and the existence of event t, not the length);
+  p_bot / p_kind / p_conversion: the posterior given the whole sequence AND its length L.
+  """
+  factorized_nll: dict[str, np.ndarray]  # name -> float64 [n, max_len]: -log p(F_j(t) | events < t, L > t)
+  joint_nll: np.ndarray                  # float64 [n, max_len]: -log p(X_t | events < t, L > t)
+  p_bot: np.ndarray                      # float64 [n]: P(bot | whole sequence, L)
+  p_conversion: np.ndarray               # float64 [n]: E[converted | whole sequence, L]
+  p_kind: np.ndarray                     # float64 [n, num_kinds]: P(bot of kind j | whole sequence, L)
 
 
 class _Categorical:
@@ -129,6 +195,20 @@ def _validate(cfg: ml_collections.ConfigDict) -> None:
     raise ValueError("need 1 <= min_len <= max_len")
   if not 0 <= cfg.repeat_low <= cfg.repeat_high <= 1 or not 0 <= cfg.device_stickiness <= 1:
     raise ValueError("repeat_low <= repeat_high and device_stickiness must be probabilities")
+  kinds = bot_kind_list(cfg)
+  if len(kinds) != cfg.num_bot_segments:
+    raise ValueError(f"bot_kinds={_get(cfg, 'bot_kinds')!r} names {len(kinds)} bot segments but num_bot_segments="
+                     f"{cfg.num_bot_segments}: give one kind per bot segment (or bot_kinds='' for all legacy)")
+  if set(kinds) - set(BOT_KINDS):
+    raise ValueError(f"bot_kinds: unknown kinds {sorted(set(kinds) - set(BOT_KINDS))}; known: {BOT_KINDS}")
+  if "clicker" in kinds and cfg.num_event_types <= CLICK_TYPE:
+    raise ValueError(f"clicker bots need num_event_types > {CLICK_TYPE} (event type {CLICK_TYPE} is the click)")
+  for key in ("mimic_strength", "click_mass", "indiscriminate_uniform"):
+    if not 0 <= _get(cfg, key) <= 1:
+      raise ValueError(f"{key} must be in [0, 1]")
+  if not _get(cfg, "mimic_concentration") > 0:
+    raise ValueError("mimic_concentration must be > 0")
+  _length_ranges(cfg)
 
 
 class Process:
@@ -137,8 +217,12 @@ class Process:
   Parameter attributes (0-based values; K segments, E event types, A ads, C categories, D devices, G gaps):
     prior [K], is_bot_segment bool [K], p_conv [K], p0_event [K, E], trans [K, E, E] (row = previous type),
     ad_category int [A], ad_weight [A] (global Zipf weight), ad_q [A] (= ad_weight / its category's total),
-    cat_pref [K, C], ad_base [K, A] (= cat_pref[s, cat(a)] * ad_q[a]), repeat [K, E] (indexed by the CURRENT
-    type), p_device [K, D], stickiness (scalar), p_gap [K, E, G] (indexed by the current type).
+    ad_base [K, A] (b_s: the fresh-ad distribution; = cat_pref[s, cat(a)] * ad_q[a] except for indiscriminate
+    bots), cat_pref [K, C] (b_s's category marginal), repeat [K, E] (indexed by the CURRENT type),
+    p_device [K, D], stickiness (scalar), p_gap [K, E, G] (indexed by the current type),
+    length_low / length_high int [K] (L ~ Uniform{length_low[s]..length_high[s]}).
+  Bot kinds: bot_kind_names (tuple, the distinct kinds in order of first appearance), segment_kind int [K]
+  (index into bot_kind_names, -1 for humans), mimic_of int [K] (the human a mimic copies, else -1).
   """
 
   def __init__(self, cfg: ml_collections.ConfigDict):
@@ -153,6 +237,8 @@ class Process:
     self._draw_events(rng)
     self._draw_ads(rng)
     self._draw_devices_and_gaps(rng)
+    self._draw_bot_kinds()
+    self._relabel_ads()
     self._build_samplers()
 
   # ---- parameters -------------------------------------------------------------------------------------------
@@ -164,6 +250,15 @@ class Process:
     bots = self.cfg.bot_fraction * rng.dirichlet(np.full(b, 5.0)) if b else np.zeros(0)
     self.prior = np.concatenate([human, bots])  # [K]
     self.p_conv = np.where(self.is_bot_segment, 0.0, rng.beta(1.0, 3.0, size=k))  # [K]
+    kinds = bot_kind_list(self.cfg)
+    self.bot_kind_names = tuple(dict.fromkeys(kinds))
+    self.segment_kind = np.concatenate([np.full(k - b, -1), [self.bot_kind_names.index(x) for x in kinds]])
+    self.segment_kind = self.segment_kind.astype(np.int64)  # [K]
+    ranges = _length_ranges(self.cfg)
+    lo, hi = np.full(k, self.cfg.min_len), np.full(k, self.cfg.max_len)
+    for s in range(k - b, k):
+      lo[s], hi[s] = np.clip(ranges.get(kinds[s - (k - b)], (lo[s], hi[s])), self.cfg.min_len, self.cfg.max_len)
+    self.length_low, self.length_high = lo.astype(np.int64), hi.astype(np.int64)  # [K]
 
   def _draw_events(self, rng: np.random.Generator) -> None:
     k, e = self.cfg.num_segments, self.cfg.num_event_types
@@ -175,17 +270,12 @@ class Process:
     k, a, c = cfg.num_segments, cfg.num_ads, cfg.num_ad_categories
     # Every category gets at least one ad; the rest are assigned uniformly at random.
     self.ad_category = rng.permutation(np.concatenate([np.arange(c), rng.integers(0, c, a - c)]))  # [A]
-    weights = 1.0 / np.arange(1, a + 1) ** cfg.zipf_exponent  # [A], by Zipf rank (relabeled below)
-    cat_mass = np.bincount(self.ad_category, weights=weights, minlength=c)  # [C]
-    self.ad_q = weights / cat_mass[self.ad_category]  # [A]
+    self.ad_weight = 1.0 / np.arange(1, a + 1) ** cfg.zipf_exponent  # [A], by Zipf rank (relabeled later)
+    cat_mass = np.bincount(self.ad_category, weights=self.ad_weight, minlength=c)  # [C]
+    self.ad_q = self.ad_weight / cat_mass[self.ad_category]  # [A]
     conc = np.where(self.is_bot_segment, cfg.bot_category_concentration, cfg.category_concentration)
     self.cat_pref = np.stack([_dirichlet(rng, conc[s], c) for s in range(k)])  # [K, C]
-    ad_base = self.cat_pref[:, self.ad_category] * self.ad_q[None, :]  # [K, A]
-    # Relabel the ads by decreasing marginal frequency Σ_s prior(s) ad_base[s, a] (exactly the frequency of
-    # a_t: repeats keep the marginal), so the most frequent ad gets id NUM_RESERVED.
-    order = np.argsort(-(self.prior @ ad_base), kind="stable")
-    self.ad_weight, self.ad_category, self.ad_q = weights[order], self.ad_category[order], self.ad_q[order]
-    self.ad_base = ad_base[:, order]
+    self.ad_base = self.cat_pref[:, self.ad_category] * self.ad_q[None, :]  # [K, A]
     repeat = rng.uniform(cfg.repeat_low, cfg.repeat_high, size=(k, cfg.num_event_types))  # [K, E]
     boost = np.where(self.is_bot_segment, cfg.bot_repeat_boost, 0.0)[:, None]
     self.repeat = np.where(boost > 0, np.minimum(repeat + boost, 0.95), repeat)
@@ -198,6 +288,78 @@ class Process:
     human = _dirichlet(rng, cfg.gap_concentration, g, (k, e))
     bots = _dirichlet(rng, cfg.bot_gap_concentration, g, (k, e))
     self.p_gap = np.where(self.is_bot_segment[:, None, None], bots, human)  # [K, E, G]
+
+  def _draw_bot_kinds(self) -> None:
+    """Redraws every non-legacy bot segment's parameters as its kind says (module docstring), in place."""
+    k = self.cfg.num_segments
+    humans = np.flatnonzero(~self.is_bot_segment)
+    by_size = humans[np.argsort(-self.prior[humans], kind="stable")]  # the i-th mimic copies by_size[i]
+    self.mimic_of = np.full(k, -1, np.int64)  # [K]
+    for s in np.flatnonzero(self.is_bot_segment):
+      kind = self.bot_kind_names[self.segment_kind[s]]
+      if kind == "legacy":
+        continue
+      rng = np.random.default_rng([int(self.cfg.process_seed), 1, int(s)])
+      if kind == "mimic":
+        self.mimic_of[s] = by_size[np.sum(self.mimic_of >= 0) % len(by_size)]
+        params = self._mimic(rng, self.mimic_of[s])
+      else:
+        params = self._kind_params(rng, kind)
+      for name, value in params.items():
+        getattr(self, name)[s] = value
+
+  def _humanlike(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """One segment's parameters drawn as a human segment's (fresh-ad distribution in the original ad order)."""
+    cfg = self.cfg
+    e, g = cfg.num_event_types, cfg.num_gap_buckets
+    out = {"p0_event": _dirichlet(rng, 1.0, e), "trans": _dirichlet(rng, cfg.event_concentration, e, (e,)),
+           "cat_pref": _dirichlet(rng, cfg.category_concentration, cfg.num_ad_categories),
+           "repeat": rng.uniform(cfg.repeat_low, cfg.repeat_high, size=e),
+           "p_device": _dirichlet(rng, cfg.device_concentration, cfg.num_devices),
+           "p_gap": _dirichlet(rng, cfg.gap_concentration, g, (e,))}
+    out["ad_base"] = out["cat_pref"][self.ad_category] * self.ad_q
+    return out
+
+  def _kind_params(self, rng: np.random.Generator, kind: str) -> dict[str, np.ndarray]:
+    """A regular / indiscriminate / clicker segment: a human-like draw with its kind's replacements."""
+    cfg = self.cfg
+    x = self._humanlike(rng)
+    e, g = cfg.num_event_types, cfg.num_gap_buckets
+    if kind == "regular":
+      x["p_gap"] = _dirichlet(rng, cfg.bot_gap_concentration, g, (e,))
+    elif kind == "indiscriminate":
+      u = float(_get(cfg, "indiscriminate_uniform"))
+      x["ad_base"] = u / cfg.num_ads + (1 - u) * x["ad_base"]
+      x["cat_pref"] = np.bincount(self.ad_category, weights=x["ad_base"], minlength=cfg.num_ad_categories)
+      x["repeat"] = rng.uniform(0.0, 0.5 * cfg.repeat_low, size=e)
+    elif kind == "clicker":
+      m, click = float(_get(cfg, "click_mass")), np.eye(e)[CLICK_TYPE]
+      x["p0_event"] = m * click + (1 - m) * x["p0_event"]
+      x["trans"] = m * click[None, :] + (1 - m) * x["trans"]
+      x["p_gap"] = _dirichlet(rng, np.sqrt(cfg.gap_concentration * cfg.bot_gap_concentration), g, (e,))
+    else:
+      raise ValueError(f"no parameters for bot kind {kind!r}")
+    return x
+
+  def _mimic(self, rng: np.random.Generator, human: int) -> dict[str, np.ndarray]:
+    """Human segment `human`'s parameters, each row mixed with a perturbed copy at weight mimic_strength."""
+    cfg = self.cfg
+    w = float(_get(cfg, "mimic_strength"))
+    kappa = float(_get(cfg, "mimic_concentration"))
+    def mix(row):  # (1 - w) row + w Dirichlet(kappa * row), row by row
+      fresh = np.maximum(rng.standard_gamma(kappa * row), _FLOOR)
+      return (1 - w) * row + w * fresh / fresh.sum(-1, keepdims=True)
+    x = {name: mix(getattr(self, name)[human]) for name in ("p0_event", "trans", "cat_pref", "p_device", "p_gap")}
+    x["repeat"] = (1 - w) * self.repeat[human] + w * rng.uniform(cfg.repeat_low, cfg.repeat_high, cfg.num_event_types)
+    x["ad_base"] = x["cat_pref"][self.ad_category] * self.ad_q
+    return x
+
+  def _relabel_ads(self) -> None:
+    # Relabel the ads by decreasing marginal frequency Σ_s prior(s) ad_base[s, a] (exactly the frequency of
+    # a_t: repeats keep the marginal), so the most frequent ad gets id NUM_RESERVED.
+    order = np.argsort(-(self.prior @ self.ad_base), kind="stable")
+    self.ad_weight, self.ad_category, self.ad_q = self.ad_weight[order], self.ad_category[order], self.ad_q[order]
+    self.ad_base = self.ad_base[:, order]
 
   def _build_samplers(self) -> None:
     self._seg_sampler = _Categorical(self.prior[None])
@@ -214,7 +376,7 @@ class Process:
     rng = np.random.default_rng(seed)
     n, t_max, num_e = num_users, self.max_len, self.cfg.num_event_types
     seg = self._seg_sampler.draw(rng, np.zeros(n, np.int64))  # [n]
-    lengths = rng.integers(self.cfg.min_len, self.cfg.max_len + 1, size=n)  # [n]
+    lengths = rng.integers(self.length_low[seg], self.length_high[seg] + 1)  # [n]
     converted = rng.random(n) < self.p_conv[seg]
     values = {name: np.zeros((n, t_max), np.int64) for name in FEATURE_NAMES}  # 0-based, [n, t]
     e, a, d = None, None, None
@@ -236,7 +398,8 @@ class Process:
     valid = np.arange(t_max)[None, :] < lengths[:, None]  # [n, t]
     features = {name: np.where(valid, v + NUM_RESERVED, PAD_ID).astype(np.int32) for name, v in values.items()}
     return Users(features=features, lengths=lengths.astype(np.int32), segment=seg.astype(np.int32),
-                 is_bot=self.is_bot_segment[seg], converted=converted, vocab_sizes=dict(self.vocab_sizes))
+                 is_bot=self.is_bot_segment[seg], converted=converted, vocab_sizes=dict(self.vocab_sizes),
+                 bot_kind=self.segment_kind[seg].astype(np.int32))
 
   # ---- exact filtering --------------------------------------------------------------------------------------
 
@@ -267,28 +430,55 @@ class Process:
              "device": device, "time_gap": self.p_gap[:, e, g]}
     return {k: v.T for k, v in marginal.items()}, {k: v.T for k, v in joint.items()}
 
+  def length_log_probs(self, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(log P(L = l | s) [n, K], log P(L > t | s) [t_max, K] for t < t_max = max(lengths)); -inf = impossible."""
+    lo, hi = self.length_low[None, :], self.length_high[None, :]  # [1, K]
+    size = (hi - lo + 1).astype(np.float64)
+    l = np.asarray(lengths, np.int64)[:, None]  # [n, 1]
+    t = np.arange(max(int(l.max(initial=0)), 1))[:, None]  # [t_max, 1]
+    with np.errstate(divide="ignore"):
+      log_len = np.where((l >= lo) & (l <= hi), -np.log(size), -np.inf)
+      log_survive = np.log(np.clip(hi - np.maximum(t, lo - 1), 0, None) / size)  # #{l in [lo, hi] : l > t} / size
+    return log_len, log_survive
+
   def bayes(self, users: Users) -> BayesScores:
-    """Exact forward filtering over the K segments (valid because lengths are independent of everything)."""
+    """Exact forward filtering over the K segments.
+
+    With alpha_t(s) = prior(s) Π_{u<t} p(X_u | s, X_{u-1}) (events are independent of L given s):
+      joint_nll[:, t]      = -log p(X_t | X_<t, L > t),  p(·) = Σ_s w_t(s) p(· | s, X_{t-1}),
+      factorized_nll[j][t] = -log p(F_j(t) | X_<t, L > t) (the other features summed out),
+    with w_t(s) ∝ alpha_t(s) P(L > t | s): each position is scored given the history and the fact that it holds
+    an event (which a causal model scoring position t knows), never given the length L itself. The final posterior
+    P(s | X_0..X_{L-1}, L) ∝ alpha_L(s) P(L | s) gives p_bot, p_kind and p_conversion. A user whose length no
+    segment can produce (not from this process) is scored without the length terms.
+    """
     n, t_max = users.features[FEATURE_NAMES[0]].shape
     values = {name: np.maximum(users.features[name].astype(np.int64) - NUM_RESERVED, 0) for name in FEATURE_NAMES}
     x_at = lambda t: {name: v[:, t] for name, v in values.items()}  # noqa: E731
+    lengths = users.lengths.astype(np.int64)
+    log_len, log_survive = self.length_log_probs(lengths)  # [n, K], [max(lengths), K]
+    known = np.isfinite(log_len).any(-1)  # [n]
     fact = {name: np.zeros((n, t_max)) for name in FEATURE_NAMES}
     joint_nll = np.zeros((n, t_max))
-    log_post = np.log(self.prior)[None, :] + _log_product(self._first_probs(x_at(0)))  # [n, K]
-    log_post -= _logsumexp(log_post)[:, None]
+    log_alpha = np.log(self.prior)[None, :] + _log_product(self._first_probs(x_at(0)))  # [n, K]
+    log_alpha -= _logsumexp(log_alpha)[:, None]
     for t in range(1, t_max):
-      active = t < users.lengths  # [n]
+      active = t < lengths  # [n]
+      log_w = log_alpha + np.where((active & known)[:, None], log_survive[min(t, len(log_survive) - 1)], 0.0)
+      log_w -= _logsumexp(log_w)[:, None]
       marginal, joint = self._step_probs(x_at(t - 1), x_at(t))
-      post = np.exp(log_post)  # [n, K]
+      w = np.exp(log_w)  # [n, K]
       for name in FEATURE_NAMES:
-        fact[name][:, t] = np.where(active, -np.log(np.sum(post * marginal[name], axis=-1)), 0.0)
-      log_joint = log_post + _log_product(joint)  # [n, K]
-      lse = _logsumexp(log_joint)  # [n]
-      joint_nll[:, t] = np.where(active, -lse, 0.0)
-      log_post = np.where(active[:, None], log_joint - lse[:, None], log_post)
-    post = np.exp(log_post)
+        fact[name][:, t] = np.where(active, -np.log(np.sum(w * marginal[name], axis=-1)), 0.0)
+      log_step = _log_product(joint)  # [n, K]
+      joint_nll[:, t] = np.where(active, -_logsumexp(log_w + log_step), 0.0)
+      log_next = log_alpha + log_step
+      log_alpha = np.where(active[:, None], log_next - _logsumexp(log_next)[:, None], log_alpha)
+    log_post = log_alpha + np.where(known[:, None], log_len, 0.0)
+    post = np.exp(log_post - _logsumexp(log_post)[:, None])  # [n, K]
+    kind_of = self.segment_kind[:, None] == np.arange(len(self.bot_kind_names))[None, :]  # [K, num_kinds]
     return BayesScores(factorized_nll=fact, joint_nll=joint_nll, p_bot=post[:, self.is_bot_segment].sum(-1),
-                       p_conversion=post @ self.p_conv)
+                       p_conversion=post @ self.p_conv, p_kind=post @ kind_of)
 
 
 def _log_product(probs: dict[str, np.ndarray]) -> np.ndarray:
