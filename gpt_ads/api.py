@@ -5,6 +5,7 @@
     batch = api.make_batch(schema, {"event_type": [[3, 4, 2]], "ad_id": [[17, 17, 250]], ...}, length=64)
     logits, hidden = api.apply(params, batch, schema=schema, config=config)
     user = api.embed(params, batch, schema=schema, config=config, pooling="mean")        # [b, d]
+    ev = api.user_evidence(params, batch, schema=schema, config=config)                 # {key: [b] / [b, d]}
     logp = api.score(params, batch, "ad_id", candidates, schema=schema, config=config)   # [b, n]
     more = api.sample(params, batch, jax.random.key(0), num_events=5, schema=schema, config=config)
 
@@ -26,6 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from gpt_ads import evidence as evidence_lib
 from gpt_ads import features, losses
 from gpt_ads.model import Model, ModelConfig
 from gpt_ads.model.heads import NEG_INF, copy_bonus, copy_inputs, output_table, take_at, valid_ids
@@ -142,18 +144,24 @@ def apply(params, batch, *, schema: features.Schema, config):
 
 def _last_index(batch) -> jax.Array:
   """[b] the position of each row's last event."""
-  return jnp.maximum(jnp.sum(batch["segment_ids"] > 0, axis=1) - 1, 0)
+  return evidence_lib.last_index(batch["segment_ids"])
 
 
 def embed(params, batch, *, schema: features.Schema, config, pooling: str = "last") -> jax.Array:
   """User vectors [b, d]: the hidden state after the last event ("last") or the mean over events ("mean")."""
   _, hidden = _forward(params, batch, schema, config)
-  if pooling == "last":
-    return take_at(hidden, _last_index(batch))[:, 0]
-  if pooling == "mean":
-    m = (batch["segment_ids"] > 0).astype(hidden.dtype)[..., None]
-    return jnp.sum(hidden * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
-  raise ValueError(f"pooling={pooling!r} must be 'last' or 'mean'")
+  return evidence_lib.pool(hidden, batch["segment_ids"], pooling)
+
+
+def user_evidence(params, batch, *, schema: features.Schema, config, background: dict | None = None,
+                  vocab_chunk: int = 4096) -> dict[str, jax.Array]:
+  """Per-user evidence in one forward pass (gpt_ads.evidence): for every feature the mean and spread of the
+  per-event exact NLL, the mean predictive entropy, the gain over `background` ({feature: [v] log p}, e.g.
+  `evidence.background_log_probs` of the training counts), for copy features the mean predicted repeat
+  probability; "num_predicted" and user vectors "vector/last", "vector/mean". -> {key: [b] or [b, d]}."""
+  outputs, hidden = _forward(params, batch, schema, config)
+  return evidence_lib.user_evidence(params, outputs, hidden, batch, schema=schema, chunk=vocab_chunk,
+                                    background=background)
 
 
 def score(params, batch, feature: str, candidates: jax.Array, *, schema: features.Schema, config,
@@ -222,5 +230,4 @@ def sample(params, batch, rng: jax.Array, *, num_events: int, schema: features.S
 
 
 __all__ = ["FeatureSpec", "Schema", "apply", "embed", "init", "load", "make_batch", "run_data_dir", "sample",
-           "save_run_file",
-           "score"]
+           "save_run_file", "score", "user_evidence"]

@@ -45,6 +45,43 @@ def sampled_softmax(*, query: jax.Array, labels: jax.Array, table: jax.Array, bi
   return jax.nn.logsumexp(logits, axis=-1) - pos
 
 
+def _scan_vocab(query, table, bias, vocab_size: int, chunk: int, copy, with_entropy: bool):
+  """One pass over the vocabulary in chunks with an online logsumexp: -> (max m, Σ exp(l - m), and with
+  `with_entropy` Σ exp(l - m) l, else None), each [b, t], over the valid ids' logits l."""
+  query = query.astype(jnp.float32)
+  v = table.shape[0]
+  chunk = min(chunk, v)
+  num_chunks = -(-v // chunk)
+  # Chunk k covers ids [k c, (k + 1) c); the last one is slid back to end at v (read in place with a dynamic
+  # slice: padding or reshaping the table would copy all of it) and skips the ids the previous chunk scored.
+  starts = jnp.minimum(jnp.arange(num_chunks, dtype=jnp.int32) * chunk, v - chunk)
+  valid = valid_ids(vocab_size, v)
+
+  def body(carry, k):
+    m, s, u = carry  # running max, Σ exp(logit - max) and Σ exp(logit - max) logit, [b, t]
+    start = starts[k]
+    tab = jax.lax.dynamic_slice_in_dim(table, start, chunk)  # [c, e]
+    chunk_ids = start + jnp.arange(chunk, dtype=jnp.int32)
+    keep = jax.lax.dynamic_slice_in_dim(valid, start, chunk) & (chunk_ids >= k * chunk)
+    b = jnp.where(keep, jax.lax.dynamic_slice_in_dim(bias, start, chunk), NEG_INF)  # [c]
+    logits = jnp.einsum("bte,ce->btc", query, tab.astype(jnp.float32)) + b  # [b, t, c]
+    if copy is not None:
+      logits = logits + copy_bonus(*copy, chunk_ids)
+    m_new = jnp.maximum(m, logits.max(-1))
+    w = jnp.exp(logits - m_new[..., None])  # [b, t, c]; 0 on masked ids
+    decay = jnp.exp(m - m_new)
+    s = s * decay + w.sum(-1)
+    if with_entropy:
+      u = u * decay + jnp.sum(w * logits, axis=-1)  # masked ids: w = 0 exactly (NEG_INF is finite)
+    return (m_new, s, u), None
+
+  shape = query.shape[:-1]
+  zeros = jnp.zeros(shape, jnp.float32)
+  (m, s, u), _ = jax.lax.scan(body, (jnp.full(shape, -jnp.inf, jnp.float32), zeros, zeros),
+                              jnp.arange(num_chunks, dtype=jnp.int32))
+  return m, s, (u if with_entropy else None)
+
+
 def log_normalizer_chunked(*, query: jax.Array, table: jax.Array, bias: jax.Array, vocab_size: int, chunk: int,
                            copy: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
   """log Σ_id exp(query · table[id] + bias[id] (+ copy term)) over the valid ids, in vocabulary chunks (memory
@@ -58,33 +95,24 @@ def log_normalizer_chunked(*, query: jax.Array, table: jax.Array, bias: jax.Arra
   Returns:
     [b, t].
   """
-  query = query.astype(jnp.float32)
-  v = table.shape[0]
-  chunk = min(chunk, v)
-  num_chunks = -(-v // chunk)
-  # Chunk k covers ids [k c, (k + 1) c); the last one is slid back to end at v (read in place with a dynamic
-  # slice: padding or reshaping the table would copy all of it) and skips the ids the previous chunk scored.
-  starts = jnp.minimum(jnp.arange(num_chunks, dtype=jnp.int32) * chunk, v - chunk)
-  valid = valid_ids(vocab_size, v)
-
-  def body(carry, k):
-    m, s = carry  # running max and sum of exp(logit - max), [b, t]
-    start = starts[k]
-    tab = jax.lax.dynamic_slice_in_dim(table, start, chunk)  # [c, e]
-    chunk_ids = start + jnp.arange(chunk, dtype=jnp.int32)
-    keep = jax.lax.dynamic_slice_in_dim(valid, start, chunk) & (chunk_ids >= k * chunk)
-    b = jnp.where(keep, jax.lax.dynamic_slice_in_dim(bias, start, chunk), NEG_INF)  # [c]
-    logits = jnp.einsum("bte,ce->btc", query, tab.astype(jnp.float32)) + b  # [b, t, c]
-    if copy is not None:
-      logits = logits + copy_bonus(*copy, chunk_ids)
-    m_new = jnp.maximum(m, logits.max(-1))
-    s = s * jnp.exp(m - m_new) + jnp.exp(logits - m_new[..., None]).sum(-1)
-    return (m_new, s), None
-
-  shape = query.shape[:-1]
-  init = (jnp.full(shape, -jnp.inf, jnp.float32), jnp.zeros(shape, jnp.float32))
-  (m, s), _ = jax.lax.scan(body, init, jnp.arange(num_chunks, dtype=jnp.int32))
+  m, s, _ = _scan_vocab(query, table, bias, vocab_size, chunk, copy, with_entropy=False)
   return m + jnp.log(s)
+
+
+def log_normalizer_and_entropy_chunked(*, query: jax.Array, table: jax.Array, bias: jax.Array, vocab_size: int,
+                                       chunk: int, copy: tuple[jax.Array, jax.Array] | None = None):
+  """`log_normalizer_chunked` and the entropy of the distribution it normalizes, in the same pass:
+  -> (log Z [b, t], H [b, t] nats), H = log Z - E_p[logit]."""
+  m, s, u = _scan_vocab(query, table, bias, vocab_size, chunk, copy, with_entropy=True)
+  log_z = m + jnp.log(s)
+  return log_z, log_z - u / s  # E_p[logit] = u / s
+def label_logits(*, query: jax.Array, labels: jax.Array, table: jax.Array, bias: jax.Array,
+                 copy: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+  """The unnormalized logit of one id per position: query [b, t, e], labels [b, t] -> [b, t] (dot product + bias
+  + copy term)."""
+  pos = jnp.einsum("bte,bte->bt", query.astype(jnp.float32), jnp.take(table, labels, axis=0).astype(jnp.float32))
+  pos = pos + jnp.take(bias, labels)
+  return pos if copy is None else pos + copy_bonus(*copy, labels)
 
 
 def full_softmax_nll_chunked(*, query: jax.Array, labels: jax.Array, table: jax.Array, bias: jax.Array,
@@ -102,8 +130,4 @@ def full_softmax_nll_chunked(*, query: jax.Array, labels: jax.Array, table: jax.
   """
   log_z = log_normalizer_chunked(query=query, table=table, bias=bias, vocab_size=vocab_size, chunk=chunk,
                                  copy=copy)
-  pos = jnp.einsum("bte,bte->bt", query.astype(jnp.float32), jnp.take(table, labels, axis=0).astype(jnp.float32))
-  pos = pos + jnp.take(bias, labels)
-  if copy is not None:
-    pos = pos + copy_bonus(*copy, labels)
-  return log_z - pos
+  return log_z - label_logits(query=query, labels=labels, table=table, bias=bias, copy=copy)
