@@ -1,23 +1,27 @@
-"""`gpt-ads-downstream --workdir=DIR [--data_dir=DATA] --label=COLUMN --task=probe|finetune|anomaly`.
+"""`gpt-ads-downstream --workdir=DIR [--data_dir=DATA] --label=COLUMN --task=probe|finetune|anomaly
+[--labeled_positives=N]`.
 
 Uses a pre-trained run (gpt_ads.api) for a per-user binary label of a prepared data set (its schema.json
-`labels`; generated data carries `is_bot` and `converted`) and writes `DIR/downstream/<label>_<task>.json`:
+`labels`; generated data carries `is_bot` and `converted`) and writes `DIR/downstream/<label>_<task>.json`
+(`<label>_probe_pu<N>.json` with `--labeled_positives=N`). Every task reads the users' evidence from one forward
+pass (`api.user_evidence`: per-feature NLL, entropy, gain over the training unigram, repeat probability, user
+vectors) and scores with gpt_ads.detectors:
 
-  probe     logistic regression (L2 chosen on the validation users) on frozen user vectors of the training
-            users, evaluated on the test users;
+  probe     a logistic regression (L2 by cross-validation) on [length-calibrated evidence, PCA-reduced user
+            vectors, the unsupervised scores] of the training users, evaluated on the test users. With
+            `--labeled_positives=N` only N training positives are known and every other training user is
+            unlabeled (positive-unlabeled learning: the few confirmed bots of honeypots, rules or review);
   finetune  a logistic head on the user vector, trained together with the encoder (AdamW, cross-entropy);
-  anomaly   no label is used for fitting: per-user scores from the pre-trained model alone — how far a user's
-            mean exact NLL per predicted event is from the typical user's, in either direction (`nll`: |z| on
-            validation users; bots are often far more predictable than people), the same per feature
-            (`surprise/<feature>`), the user vector's negative log density under a Gaussian fitted to training
-            users (`density`), and `combined`, the mean of the standardized nll and density scores. The
-            headline metrics are `combined`'s.
+  anomaly   no label is used for fitting or for choosing among scores: robust distances of the calibrated
+            evidence and of the user vectors from the (unlabeled) training users, an isolation forest, and their
+            Fisher combination `combined`, the headline by rule (gpt_ads.detectors says why).
 
 Every task writes `auc` and `recall_at_fpr` ({"0.01": ..., "0.05": ...}: the share of positives scored above the
-threshold that flags that fraction of negatives — the study's invalid-traffic recall at a fixed FPR). On
-generated data the file also holds `bayes`: the same metrics of the Bayes-optimal score (posterior P(bot |
-sequence) for `is_bot`, E[conversion | sequence] for `converted`), the best any method can do, and
-`bayes_fraction` = (auc − 0.5) / (bayes auc − 0.5).
+threshold that flags that fraction of negatives — the study's invalid-traffic recall at a fixed FPR), and
+`excluded_no_prediction` (users with a single event have no predicted event, hence no evidence: they are left
+out and counted, never scored). On generated data the file also holds `bayes`: the same metrics of the
+Bayes-optimal score (posterior P(bot | sequence) for `is_bot`, E[conversion | sequence] for `converted`), the
+best any method can do, `bayes_fraction` = (auc − 0.5) / (bayes auc − 0.5) and `recall_fraction_of_bayes`.
 """
 
 import functools
@@ -27,6 +31,8 @@ import time
 
 import numpy as np
 from absl import app, flags
+
+from gpt_ads import detectors
 
 FLAGS = flags.FLAGS
 TASKS = ("probe", "finetune", "anomaly")
@@ -38,7 +44,9 @@ def _define_flags() -> None:
   flags.DEFINE_string("data_dir", None, "Prepared data set with the label (default: the one the run trained on).")
   flags.DEFINE_string("label", None, "Binary label column of the data set (e.g. is_bot, converted).")
   flags.DEFINE_enum("task", None, list(TASKS), "probe | finetune | anomaly.")
-  flags.DEFINE_enum("pooling", "last", ["last", "mean"], "User vector: hidden state after the last event, or mean.")
+  flags.DEFINE_integer("labeled_positives", 0, "probe: only this many training positives are known, every other "
+                       "training user is unlabeled (positive-unlabeled learning); 0 = every label.")
+  flags.DEFINE_enum("pooling", "last", ["last", "mean"], "finetune: the user vector (after the last event, or mean).")
   flags.DEFINE_integer("max_users", 20_000, "At most this many users per split (the first ones).")
   flags.DEFINE_integer("finetune_steps", 300, "finetune: optimizer steps.")
   flags.DEFINE_float("finetune_lr", 3e-4, "finetune: AdamW learning rate (encoder and head).")
@@ -46,36 +54,9 @@ def _define_flags() -> None:
   flags.mark_flags_as_required(["workdir", "label", "task"])
 
 
-# ---- metrics ---------------------------------------------------------------------------------------------------
-def auc(scores, labels) -> float:
-  """Area under the ROC curve (Mann-Whitney, ties averaged); positives = labels > 0.5."""
-  from scipy.stats import rankdata
-  scores, pos = np.asarray(scores, float), np.asarray(labels) > 0.5
-  n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-  if not n_pos or not n_neg:
-    return float("nan")
-  ranks = rankdata(scores)
-  return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def recall_at_fpr(scores, labels, fpr: float) -> float:
-  """True-positive rate at false-positive rate `fpr`: the ROC curve read at `fpr`. Users tied at the threshold
-  are flagged with the probability that makes the FPR exactly `fpr` (a randomized threshold), so scores with
-  many ties (e.g. a posterior that settles on one segment) are not penalized for them."""
-  scores, pos = np.asarray(scores, float), np.asarray(labels) > 0.5
-  if not pos.any() or pos.all():
-    return float("nan")
-  neg = np.sort(scores[~pos])[::-1]
-  allowed = fpr * len(neg)  # false positives the threshold may let through
-  thr = neg[min(int(np.floor(allowed)), len(neg) - 1)]
-  above, tied = np.sum(neg > thr), np.sum(neg == thr)
-  q = float(np.clip((allowed - above) / tied, 0.0, 1.0))
-  return float(np.mean(scores[pos] > thr) + q * np.mean(scores[pos] == thr))
-
-
 def metrics(scores, labels) -> dict:
-  return {"auc": auc(scores, labels),
-          "recall_at_fpr": {str(f): recall_at_fpr(scores, labels, f) for f in FPRS}}
+  return {"auc": detectors.auc(scores, labels),
+          "recall_at_fpr": {str(f): detectors.recall_at_fpr(scores, labels, f) for f in FPRS}}
 
 
 # ---- data ------------------------------------------------------------------------------------------------------
@@ -90,15 +71,26 @@ def read_split(prepared, split: str, label: str, *, names, max_len: int, limit: 
     records += pipeline.read(source, range(start, min(n, start + pipeline.READ_BLOCK)))
   window = pipeline.Window(names, max_len)
   rows = [pipeline.padded_row(window(r), names, max_len) for r in records]
-  batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+  batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]} if rows else {}
   labels = np.array([r["labels"][label] for r in records], float)
   return batch, labels, records
 
 
-def _check_label(prepared, label: str, labels: np.ndarray) -> None:
-  values = set(np.unique(labels[np.isfinite(labels)]).tolist())
+def check_labels(label: str, labels: dict[str, np.ndarray], labeled_positives: int) -> None:
+  """One-line errors for labels the tasks cannot use (exit 2 in the CLI)."""
+  values = set(np.unique(np.concatenate(list(labels.values()))).tolist())
   if not values <= {0.0, 1.0}:
     raise ValueError(f"--label={label!r} is not binary (values {sorted(values)[:5]}...); downstream tasks need 0/1")
+  for split in ("train", "test"):
+    y = labels[split]
+    if not len(y):
+      raise ValueError(f"--label={label!r}: no {split} user of the data set has the label (or a predicted event)")
+    if y.min() == y.max():
+      raise ValueError(f"--label={label!r} has one class only among the {len(y)} {split} users ({y[0]:g}); "
+                       "the tasks need positives and negatives")
+  if labeled_positives > labels["train"].sum():
+    raise ValueError(f"--labeled_positives={labeled_positives} but the training split has only "
+                     f"{int(labels['train'].sum())} positives of --label={label!r}")
 
 
 def _batches(batch: dict, size: int):
@@ -112,70 +104,30 @@ def _batches(batch: dict, size: int):
     yield part, real
 
 
-def embeddings(params, schema, config, batch: dict, *, pooling: str, size: int) -> np.ndarray:
+def user_evidence(params, schema, config, batch: dict, *, background, size: int) -> dict[str, np.ndarray]:
+  """`api.user_evidence` of every row of `batch`, jitted once, in slices of `size` rows -> {key: np array}."""
   import jax
   from gpt_ads import api
-  fn = jax.jit(functools.partial(api.embed, schema=schema, config=config, pooling=pooling))
-  return np.concatenate([np.asarray(fn(params, part))[:real] for part, real in _batches(batch, size)])
-
-
-def per_user_nll(params, schema, config, batch: dict, *, size: int) -> dict[str, np.ndarray]:
-  """{feature: mean exact NLL per predicted event of each user [n]} (NaN for users with one event)."""
-  import jax
-  import jax.numpy as jnp
-  from gpt_ads import objective
-  from gpt_ads.model import Model, ModelConfig
-  model = Model(schema, ModelConfig.from_config(config.model))
-
-  @jax.jit
-  def fn(p, b):
-    outputs, _ = model.apply({"params": p}, b)
-    nll, mask = objective.exact_nll(p, outputs, b, schema=schema, chunk=config.eval.vocab_chunk)
-    return {k: (jnp.sum(jnp.where(mask[k], v, 0.0), 1), jnp.sum(mask[k], 1)) for k, v in nll.items()}
-
+  fn = jax.jit(functools.partial(api.user_evidence, schema=schema, config=config, background=background,
+                                 vocab_chunk=config.eval.vocab_chunk))
   parts = [(jax.device_get(fn(params, part)), real) for part, real in _batches(batch, size)]
-  out = {}
-  for f in schema:
-    s = np.concatenate([p[f.name][0][:real] for p, real in parts])
-    c = np.concatenate([p[f.name][1][:real] for p, real in parts])
-    out[f.name] = np.where(c > 0, s / np.maximum(c, 1), np.nan)
-  return out
+  return {k: np.concatenate([np.asarray(p[k])[:real] for p, real in parts]) for k in parts[0][0]}
 
 
 # ---- the three tasks --------------------------------------------------------------------------------------------
-def _standardize(train, *others):
-  mu, sd = train.mean(0), train.std(0) + 1e-6
-  return [(x - mu) / sd for x in (train, *others)]
-
-
-def logistic_fit(x, y, l2: float) -> np.ndarray:
-  """L2-regularized logistic regression (L-BFGS); returns weights [d + 1] (last = bias)."""
-  from scipy import optimize
-  xb = np.hstack([x, np.ones((len(x), 1))])
-
-  def loss(w):
-    z = xb @ w
-    p = 1.0 / (1.0 + np.exp(-z))
-    ll = np.mean(np.logaddexp(0.0, z) - y * z) + 0.5 * l2 * np.sum(w[:-1] ** 2)
-    grad = xb.T @ (p - y) / len(y)
-    grad[:-1] += l2 * w[:-1]
-    return ll, grad
-
-  return optimize.minimize(loss, np.zeros(xb.shape[1]), jac=True, method="L-BFGS-B",
-                           options={"maxiter": 500}).x
-
-
 def probe(ctx) -> dict:
-  e_tr, e_va, e_te = _standardize(ctx.embed("train"), ctx.embed("validation"), ctx.embed("test"))
-  y_tr, y_va = ctx.labels["train"], ctx.labels["validation"]
-  best = None
-  for l2 in (1e-4, 1e-3, 1e-2, 1e-1, 1.0):
-    w = logistic_fit(e_tr, y_tr, l2)
-    a = auc(e_va @ w[:-1] + w[-1], y_va)
-    if best is None or a > best[0]:
-      best = (a, l2, w)
-  _, l2, w = best
-  return {"scores": e_te @ w[:-1] + w[-1], "l2": l2, "validation_auc": best[0]}
+  """Logistic regression on the few-label design (gpt_ads.detectors) of the training users; with
+  `labeled_positives` = N > 0, only N random training positives are labeled (positive-unlabeled)."""
+  unsup = detectors.Unsupervised(ctx.evidence("train"))
+  x_train, y = unsup.design(ctx.evidence("train")), ctx.labels["train"].astype(int)
+  n = ctx.opts["labeled_positives"]
+  if n:
+    known = np.random.default_rng(0).choice(np.flatnonzero(y), n, replace=False)
+    y = np.zeros_like(y)
+    y[known] = 1
+  score = detectors.fit_scorer(x_train, y, balanced=bool(n))
+  return {"scores": score(unsup.design(ctx.evidence("test"))), "labeled_positives": int(y.sum()),
+          "unlabeled": int(n and len(y) - n)}
 
 
 def finetune(ctx) -> dict:
@@ -218,34 +170,20 @@ def finetune(ctx) -> dict:
 
 
 def anomaly(ctx) -> dict:
-  nll_te = ctx.nll("test")
-  nll_ref = ctx.nll("validation")  # standardizes the nll score (exact NLL is the costly part: not on train)
-  total_te = np.nansum(np.stack(list(nll_te.values())), 0)
-  total_tr = np.nansum(np.stack(list(nll_ref.values())), 0)
-  e_tr, e_te = ctx.embed("train"), ctx.embed("test")
-  e_ref = ctx.embed("validation")
-  mu = e_tr.mean(0)
-  cov = np.cov(e_tr - mu, rowvar=False) + 1e-3 * np.eye(e_tr.shape[1])  # shrunk: stays invertible
-  prec = np.linalg.inv(cov)
-  density_te = np.einsum("nd,de,ne->n", e_te - mu, prec, e_te - mu)  # -2 log density + const
-  density_tr = np.einsum("nd,de,ne->n", e_ref - mu, prec, e_ref - mu)
-  z = lambda x, ref: (x - np.nanmean(ref)) / (np.nanstd(ref) + 1e-9)  # noqa: E731
-  # Two-sided for likelihoods: bots can be far MORE predictable than people (regular gaps, one campaign, the
-  # same ad again), not only less, so an NLL far from the typical user's in either direction is the signal.
-  nll_score = np.abs(z(total_te, total_tr))
-  combined = 0.5 * (nll_score + z(density_te, density_tr))
+  """No label: the unsupervised scores of gpt_ads.detectors, fitted on the (unlabeled) training users."""
+  scores = detectors.Unsupervised(ctx.evidence("train")).scores(ctx.evidence("test"))
   y = ctx.labels["test"]
-  scores = {"nll": nll_score, "density": density_te, "combined": combined}
-  scores.update({f"surprise/{k}": np.nan_to_num(np.abs(z(v, nll_ref[k])), nan=0.0) for k, v in nll_te.items()})
-  return {"scores": combined, "per_score": {k: metrics(v, y) for k, v in scores.items()}}
+  return {"scores": scores["combined"], "headline": "combined",
+          "per_score": {k: metrics(v, y) for k, v in scores.items()}}
 
 
-# ---- Bayes-optimal reference (generated data) ------------------------------------------------------------------
-def bayes_scores(prepared, records: list[dict], label: str) -> np.ndarray | None:
-  """P(bot | events) or E[conversion | events] of each record under the generator, or None."""
+# ---- Bayes-optimal reference and breakdowns (generated data) --------------------------------------------------
+def bayes_reference(prepared, records: list[dict], label: str):
+  """-> (P(bot | events) or E[conversion | events] of each record under the generator, and each record's bot kind
+  name ("" for humans)), or (None, None) when the data set was not generated or the label has no posterior."""
   source = prepared.meta.get("source", {})
   if source.get("generator") != "gpt_ads.data.synthetic" or label not in ("is_bot", "converted"):
-    return None
+    return None, None
   import ml_collections
   from gpt_ads.data import synthetic
   process = synthetic.Process(ml_collections.ConfigDict(source["synthetic"]))
@@ -261,15 +199,50 @@ def bayes_scores(prepared, records: list[dict], label: str) -> np.ndarray | None
   users = synthetic.Users(features=feats, lengths=lengths, segment=np.zeros(len(records), np.int32), is_bot=zeros,
                           converted=zeros)
   scores = process.bayes(users)
-  return scores.p_bot if label == "is_bot" else scores.p_conversion
+  kind_of_segment = [process.bot_kind_names[k] if k >= 0 else "" for k in process.segment_kind]
+  kinds = [kind_of_segment[int(r["labels"]["segment"])] if "segment" in r["labels"] else "" for r in records]
+  return (scores.p_bot if label == "is_bot" else scores.p_conversion), kinds
 
 
-# ---- driver ------------------------------------------------------------------------------------------------------
+def _bootstrap_recall(scores, y, fpr: float, rounds: int = 200) -> list[float]:
+  """95% bootstrap interval (users resampled) of recall at `fpr`."""
+  rng = np.random.default_rng(0)
+  n, out = len(y), []
+  for _ in range(rounds):
+    i = rng.integers(0, n, n)
+    if 0 < y[i].sum() < n:
+      out.append(detectors.recall_at_fpr(scores[i], y[i], fpr))
+  return [float(np.percentile(out, 2.5)), float(np.percentile(out, 97.5))] if out else [float("nan")] * 2
+
+
+def breakdown(scores, y, bayes, groups: dict[str, np.ndarray]) -> dict:
+  """{group: {users, positives, model metrics, bayes metrics (when known), bootstrap 95% intervals of recall}} for
+  each boolean mask in `groups` (the negatives of a group are its own negatives)."""
+  out = {}
+  for name, m in groups.items():
+    ys = y[m]
+    entry = {"users": int(m.sum()), "positives": int((ys > 0.5).sum())}
+    if 0 < entry["positives"] < entry["users"]:
+      entry["model"] = metrics(scores[m], ys)
+      entry["model_recall_ci95"] = {str(f): _bootstrap_recall(scores[m], ys, f) for f in FPRS}
+      if bayes is not None:
+        entry["bayes"] = metrics(bayes[m], ys)
+    out[name] = entry
+  return out
+
+
+def length_groups(num_predicted: np.ndarray) -> dict[str, np.ndarray]:
+  """short / medium / long: terciles of the test users' predicted-event counts (the study's length finding)."""
+  lo, hi = np.quantile(num_predicted, [1 / 3, 2 / 3])
+  return {f"short (<= {lo:g})": num_predicted <= lo, f"medium ({lo:g}-{hi:g}]": (num_predicted > lo) &
+          (num_predicted <= hi), f"long (> {hi:g})": num_predicted > hi}
+
+
 class _Context:
-  """Lazily computed inputs shared by the tasks (each split read and embedded at most once)."""
+  """Lazily computed inputs shared by the tasks (each split read once, its evidence computed at most once)."""
 
   def __init__(self, workdir, data_dir, label, opts):
-    from gpt_ads import api
+    from gpt_ads import api, evidence
     from gpt_ads.data import store
     self.params, self.schema, self.config = api.load(workdir)
     self.prepared = store.open_dir(data_dir)
@@ -277,36 +250,43 @@ class _Context:
     if missing:
       raise ValueError(f"--data_dir={data_dir} lacks the run's features {missing}; use the data the run was "
                        "trained on")
+    if label in self.schema.names:
+      raise ValueError(f"--label={label!r} is also an input feature of the run (the model reads it: leakage); "
+                       "choose a label the run was not trained on")
     if label not in self.prepared.label_names:
       raise ValueError(f"--label={label!r}: the data set {data_dir} has labels {list(self.prepared.label_names)}")
     self.label, self.opts = label, opts
-    self.batches, self.labels, self.records = {}, {}, {}
+    self.batches, self.labels, self.records, self.excluded = {}, {}, {}, {}
     for split in ("train", "validation", "test"):
       b, y, r = read_split(self.prepared, split, label, names=self.schema.names,
                            max_len=self.config.model.max_len, limit=opts["max_users"])
-      _check_label(self.prepared, label, y)
-      keep = np.isfinite(y)
+      events = (b["segment_ids"] > 0).sum(1) if b else np.zeros(0, int)
+      keep = np.isfinite(y) & (events >= 2)  # one event: nothing is predicted, so there is no evidence
+      self.excluded[split] = int((np.isfinite(y) & (events < 2)).sum())
       self.batches[split] = {k: v[keep] for k, v in b.items()}
       self.labels[split] = y[keep]
       self.records[split] = [x for x, k in zip(r, keep) if k]
-    self._embed, self._nll = {}, {}
+    check_labels(label, self.labels, opts["labeled_positives"])
+    counts = self.prepared.counts()
+    self.background = {f.name: evidence.background_log_probs(counts[f.name], f.vocab_size) for f in self.schema}
+    self._evidence = {}
 
-  def embed(self, split):
-    if split not in self._embed:
-      self._embed[split] = embeddings(self.params, self.schema, self.config, self.batches[split],
-                                      pooling=self.opts["pooling"], size=self.opts["batch_size"])
-    return self._embed[split]
+  def evidence(self, split) -> dict[str, np.ndarray]:
+    if split not in self._evidence:
+      self._evidence[split] = user_evidence(self.params, self.schema, self.config, self.batches[split],
+                                            background=self.background, size=self.opts["batch_size"])
+    return self._evidence[split]
 
-  def nll(self, split):
-    if split not in self._nll:
-      self._nll[split] = per_user_nll(self.params, self.schema, self.config, self.batches[split],
-                                      size=self.opts["batch_size"])
-    return self._nll[split]
+
+def output_path(workdir: str, label: str, task: str, labeled_positives: int = 0) -> str:
+  """DIR/downstream/<label>_<task>.json, or <label>_probe_pu<N>.json with N labeled positives."""
+  suffix = f"_pu{labeled_positives}" if task == "probe" and labeled_positives else ""
+  return os.path.join(workdir, "downstream", f"{label}_{task}{suffix}.json")
 
 
 def run_task(workdir: str, data_dir: str | None, label: str, task: str, **opts) -> dict:
-  """Runs one task and writes `workdir/downstream/<label>_<task>.json`; returns its content. `data_dir` None:
-  the data set the run trained on."""
+  """Runs one task and writes `output_path(...)`; returns its content. `data_dir` None: the data set the run
+  trained on."""
   from gpt_ads import api
   data_dir = data_dir or api.run_data_dir(workdir)
   if not data_dir:
@@ -314,20 +294,33 @@ def run_task(workdir: str, data_dir: str | None, label: str, task: str, **opts) 
   if task not in TASKS:
     raise ValueError(f"--task={task!r} must be one of {TASKS}")
   opts = {"pooling": "last", "max_users": 20_000, "finetune_steps": 300, "finetune_lr": 3e-4, "batch_size": 256,
-          **opts}
+          "labeled_positives": 0, **opts}
+  if opts["labeled_positives"] < 0 or (opts["labeled_positives"] and task != "probe"):
+    raise ValueError(f"--labeled_positives={opts['labeled_positives']} needs --task=probe and N >= 0")
   t0 = time.time()
   ctx = _Context(workdir, data_dir, label, opts)
   out = {"probe": probe, "finetune": finetune, "anomaly": anomaly}[task](ctx)
   y = ctx.labels["test"]
-  result = {"task": task, "label": label, **metrics(out.pop("scores"), y), **out,
+  result_scores = out.pop("scores")
+  result = {"task": task, "label": label, **metrics(result_scores, y), **out,
             "num_train": len(ctx.labels["train"]), "num_test": len(y), "positives_test": int((y > 0.5).sum()),
-            "pooling": opts["pooling"], "data_dir": os.path.abspath(data_dir), "seconds": time.time() - t0}
-  bayes = bayes_scores(ctx.prepared, ctx.records["test"], label)
+            "excluded_no_prediction": ctx.excluded, "pooling": opts["pooling"],
+            "data_dir": os.path.abspath(data_dir), "seconds": time.time() - t0}
+  scores = np.asarray(result_scores)
+  bayes, kinds = bayes_reference(ctx.prepared, ctx.records["test"], label)
+  predicted = (ctx.batches["test"]["segment_ids"] > 0).sum(1) - 1
+  result["by_length"] = breakdown(scores, y, bayes, length_groups(predicted))
+  if bayes is not None and label == "is_bot":  # positives of one kind against every negative
+    kinds = np.array(kinds)
+    groups = {k: (kinds == k) | (y < 0.5) for k in sorted(set(kinds) - {""})}
+    result["bayes_by_kind"] = breakdown(scores, y, bayes, groups)
   if bayes is not None:
     result["bayes"] = metrics(bayes, y)
     result["bayes_fraction"] = (result["auc"] - 0.5) / (result["bayes"]["auc"] - 0.5)
+    result["recall_fraction_of_bayes"] = {f: result["recall_at_fpr"][f] / max(result["bayes"]["recall_at_fpr"][f],
+                                                                              1e-12) for f in result["recall_at_fpr"]}
   from gpt_ads import logbook
-  path = os.path.join(workdir, "downstream", f"{label}_{task}.json")
+  path = output_path(workdir, label, task, opts["labeled_positives"])
   os.makedirs(os.path.dirname(path), exist_ok=True)
   logbook.write_json(path, result)
   result["path"] = path
@@ -340,7 +333,7 @@ def main(argv):
   try:
     r = run_task(FLAGS.workdir, FLAGS.data_dir, FLAGS.label, FLAGS.task, pooling=FLAGS.pooling,
                  max_users=FLAGS.max_users, finetune_steps=FLAGS.finetune_steps, finetune_lr=FLAGS.finetune_lr,
-                 batch_size=FLAGS.batch_size)
+                 batch_size=FLAGS.batch_size, labeled_positives=FLAGS.labeled_positives)
   except ValueError as e:
     print(f"gpt-ads-downstream: error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -202,7 +202,7 @@ def main(argv):
       for run in runs:
         run_dir = os.path.join(FLAGS.workdir, "runs", run["name"])
         for label, task in tasks:
-          if not os.path.exists(os.path.join(run_dir, "downstream", f"{label}_{task}.json")):
+          if not os.path.exists(downstream.output_path(run_dir, label, task)):
             r = downstream.run_task(run_dir, None, label, task, max_users=FLAGS.downstream_max_users)
             print(f"{run['name']}: {label} {task} auc={r['auc']:.4f}", flush=True)
     print(f"wrote {gather(all_runs, FLAGS.workdir)}")

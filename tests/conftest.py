@@ -59,7 +59,8 @@ def subprocess_env(**extra) -> dict:
   """Environment of a process a test starts (`gpt-ads-train`, `gpt-ads-downstream`, ...): one CPU device, the
   caller's XLA flags, and this session's compilation cache (so processes running the same program compile it
   once)."""
-  return {**os.environ, "XLA_FLAGS": CALLER_XLA_FLAGS, "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
+  return {**os.environ, "XLA_FLAGS": CALLER_XLA_FLAGS,
+          "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
           **extra}
 

@@ -10,75 +10,99 @@ import numpy as np
 import pytest
 
 from conftest import subprocess_env
-from gpt_ads import downstream
+from gpt_ads import detectors, downstream
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_auc_and_recall_at_fpr():
+def _old_auc(scores, labels) -> float:
+  """The hand-written Mann-Whitney AUC the package had before scikit-learn (kept as a reference)."""
+  from scipy.stats import rankdata
+  scores, pos = np.asarray(scores, float), np.asarray(labels) > 0.5
+  n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+  ranks = rankdata(scores)
+  return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _old_recall_at_fpr(scores, labels, fpr: float) -> float:
+  """The hand-written randomized-threshold recall the package had before scikit-learn (kept as a reference)."""
+  scores, pos = np.asarray(scores, float), np.asarray(labels) > 0.5
+  neg = np.sort(scores[~pos])[::-1]
+  allowed = fpr * len(neg)
+  thr = neg[min(int(np.floor(allowed)), len(neg) - 1)]
+  above, tied = np.sum(neg > thr), np.sum(neg == thr)
+  q = float(np.clip((allowed - above) / tied, 0.0, 1.0))
+  return float(np.mean(scores[pos] > thr) + q * np.mean(scores[pos] == thr))
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_metrics_equal_the_hand_written_ones(ties):
+  """scikit-learn's ROC (gpt_ads.detectors) gives the AUC and recall at fixed FPR the package computed by hand,
+  on untied scores and on scores with many ties (rounded to a few values), at FPRs on and between ROC vertices."""
   rng = np.random.default_rng(0)
-  scores, labels = rng.normal(size=300), rng.random(300) < 0.3
+  scores, labels = rng.normal(size=400), rng.random(400) < 0.3
   scores[labels] += 1.0
+  if ties:
+    scores = np.round(scores * 2) / 2
+  assert detectors.auc(scores, labels) == pytest.approx(_old_auc(scores, labels), abs=1e-12)
+  for fpr in (0.0, 0.01, 0.05, 0.1, 0.37, 1.0):
+    got, want = detectors.recall_at_fpr(scores, labels, fpr), _old_recall_at_fpr(scores, labels, fpr)
+    assert got == pytest.approx(want, abs=1e-12), (fpr, got, want)
   pos, neg = scores[labels], scores[~labels]
-  brute = np.mean([(p > n) + 0.5 * (p == n) for p in pos for n in neg])
-  assert downstream.auc(scores, labels) == pytest.approx(brute)
-  assert downstream.auc([1, 1, 1, 1], [0, 1, 0, 1]) == pytest.approx(0.5)  # ties count half
-  r = downstream.recall_at_fpr(scores, labels, 0.05)
-  k = int(0.05 * len(neg))  # no ties: flag exactly the top k negatives' threshold
-  thr = np.sort(neg)[::-1][k]
-  assert np.sum(neg > thr) == k and r == pytest.approx(np.mean(pos > thr))
-  assert downstream.recall_at_fpr([0.1, 0.9, 0.2, 0.8], [0, 1, 0, 1], 0.01) == 1.0
-  # Ties at the threshold: 10 negatives and 10 positives all tied -> FPR 0.1 flags a tenth of the positives.
-  assert downstream.recall_at_fpr(np.ones(20), np.arange(20) < 10, 0.1) == pytest.approx(0.1)
+  assert _old_auc(scores, labels) == pytest.approx(np.mean([(p > n) + 0.5 * (p == n) for p in pos for n in neg]))
+  assert detectors.auc([1, 1, 1, 1], [0, 1, 0, 1]) == pytest.approx(0.5)  # ties count half
+  # 10 negatives and 10 positives all tied -> FPR 0.1 flags a tenth of the positives.
+  assert detectors.recall_at_fpr(np.ones(20), np.arange(20) < 10, 0.1) == pytest.approx(0.1)
+  assert np.isnan(detectors.auc([0.3, 0.4], [1, 1]))
 
 
-class _PlantedContext:
-  """What the tasks read of a run (`ctx.embed(split)`, `ctx.nll(split)`, `ctx.labels`), for users whose label is
-  planted: positives' user vectors are shifted along one direction (by `shift`, in units of the noise) and their
-  per-event NLL is lower by `nll_gap` nats (a bot far more predictable than a person). Every split has 15%
-  positives."""
-
-  def __init__(self, shift: float, nll_gap: float, d: int = 8, n: int = 600, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    self.labels, self._embed, self._nll = {}, {}, {}
-    for i, split in enumerate(("train", "validation", "test")):
-      y = (rng.random(n) < 0.15).astype(float)
-      e = rng.normal(size=(n, d))
-      e[:, 0] += shift * y
-      self.labels[split], self._embed[split] = y, e
-      self._nll[split] = {"a": rng.normal(4.0, 0.5, n) - nll_gap * y, "b": rng.normal(2.0, 0.5, n)}
-
-  def embed(self, split):
-    return self._embed[split]
-
-  def nll(self, split):
-    return self._nll[split]
+def _planted(n: int, seed: int, bot_share: float = 0.1):
+  """Evidence of n users as api.user_evidence returns it, with planted bots of two kinds, each detectable in one
+  direction of one column only: `regular` bots' gap NLL is far LOWER than people's, `indiscriminate` bots' ad
+  NLL far HIGHER; both kinds' user vectors are shifted. People's statistics spread like 1 / sqrt(length).
+  -> (evidence, is_bot [n])."""
+  rng = np.random.default_rng(seed)
+  length = rng.integers(2, 64, n)
+  kind = np.where(rng.random(n) < bot_share, rng.integers(0, 2, n), -1)
+  noise = lambda sd: rng.normal(0, sd, n) / np.sqrt(length / 16)  # noqa: E731
+  ev = {"num_predicted": length - 1.0, "time_gap/nll_mean": 2.0 + noise(0.4) - 1.5 * (kind == 0),
+        "ad_id/nll_mean": 6.0 + noise(0.8) + 3.0 * (kind == 1), "event_type/nll_mean": 1.2 + noise(0.3),
+        "event_type/entropy": 1.3 + noise(0.2)}
+  v = rng.normal(size=(n, 12))
+  v[:, 0] += 4.0 * (kind >= 0)
+  ev["vector/mean"] = ev["vector/last"] = v
+  return ev, (kind >= 0).astype(float)
 
 
-def test_probe_finds_a_planted_linear_signal():
-  """The optimal score here is the planted direction itself (two Gaussians, one covariance): the probe, fitted on
-  the training users with its L2 chosen on validation, must reach 97% of that score's AUC on the test users,
-  and an unplanted run must stay near chance."""
-  ctx = _PlantedContext(shift=2.0, nll_gap=0.0)
-  y = ctx.labels["test"]
-  optimal = downstream.auc(ctx.embed("test")[:, 0], y)  # ~0.92 for a 2-sigma shift
-  got = downstream.auc(downstream.probe(ctx)["scores"], y)
-  assert optimal > 0.85 and got >= 0.97 * optimal, (got, optimal)
-  null = downstream.auc(downstream.probe(_PlantedContext(shift=0.0, nll_gap=0.0))["scores"], y)
-  assert abs(null - 0.5) < 0.1, null
+def test_anomaly_finds_planted_bots_of_both_directions_without_labels():
+  ref, _ = _planted(4000, 0)
+  target, y = _planted(4000, 1)
+  scores = detectors.Unsupervised(ref).scores(target)
+  for name, least in (("combined", 0.97), ("evidence", 0.95), ("vector", 0.85), ("isolation", 0.9)):
+    assert detectors.auc(scores[name], y) > least, (name, detectors.auc(scores[name], y))
+  assert detectors.recall_at_fpr(scores["combined"], y, 0.01) > 0.7  # measured 0.79
+  assert detectors.auc(scores["evidence/event_type/entropy"], y) < 0.6  # a column without signal finds none
 
 
-def test_anomaly_finds_planted_bots_without_labels():
-  """Positives whose NLL is 4 nats lower (8 standard deviations of feature a, 5.7 of the two features' sum) and
-  whose vectors lie 6 sigma off the crowd: the NLL score, the density score and their combination each rank
-  them above the negatives, without a label. The density's Gaussian is fitted on every training user, the
-  planted ones too, whose spread it absorbs: it is the weaker score (AUC 0.79-0.87 over three seeds)."""
-  ctx = _PlantedContext(shift=6.0, nll_gap=4.0)
-  out = downstream.anomaly(ctx)
-  for name, least in (("nll", 0.97), ("surprise/a", 0.97), ("combined", 0.95), ("density", 0.75)):
-    assert out["per_score"][name]["auc"] > least, (name, out["per_score"][name])
-  assert out["per_score"]["surprise/b"]["auc"] < 0.65  # the feature that carries no signal does not find it
-  assert downstream.auc(out["scores"], ctx.labels["test"]) == out["per_score"]["combined"]["auc"]
+def test_length_calibration_gives_unit_spread_in_every_bucket():
+  ref, _ = _planted(4000, 0, bot_share=0.0)
+  x = np.stack([ref["time_gap/nll_mean"]], 1)
+  cal = detectors.LengthCalibrator(ref["num_predicted"], x)
+  z, bucket = cal(ref["num_predicted"], x)[:, 0], cal.bucket(ref["num_predicted"])
+  assert len(np.unique(bucket)) == detectors.LENGTH_BUCKETS
+  spreads = [np.std(z[bucket == b]) for b in np.unique(bucket)]
+  assert max(spreads) < 1.3 and min(spreads) > 0.75, spreads  # short and long users alike
+
+
+def test_positive_unlabeled_and_supervised_probes_find_planted_bots():
+  (train, y), (test, y_test) = _planted(4000, 0), _planted(4000, 1)
+  unsup = detectors.Unsupervised(train)
+  x = unsup.design(train)
+  known = np.zeros_like(y)
+  known[np.flatnonzero(y)[:20]] = 1  # 20 known positives; every other training user unlabeled
+  pu = detectors.fit_scorer(x, known, balanced=True)(unsup.design(test))
+  full = detectors.fit_scorer(x, y, balanced=False)(unsup.design(test))
+  assert detectors.auc(pu, y_test) > 0.95 and detectors.auc(full, y_test) > 0.98
 
 
 @pytest.fixture(scope="module")
@@ -92,22 +116,50 @@ def _downstream(workdir, *args):
                         timeout=600, env=subprocess_env())
 
 
-@pytest.mark.parametrize("label,task", [("converted", "probe"), ("is_bot", "anomaly"), ("is_bot", "finetune")])
-def test_tasks_write_their_metrics(run_dir, label, task):
-  proc = _downstream(run_dir, f"--label={label}", f"--task={task}", "--finetune_steps=5")
+@pytest.mark.parametrize("label,task,extra", [("converted", "probe", ()), ("is_bot", "anomaly", ()),
+                                              ("is_bot", "finetune", ("--finetune_steps=5",)),
+                                              ("is_bot", "probe", ("--labeled_positives=5",))])
+def test_tasks_write_their_metrics(run_dir, label, task, extra):
+  proc = _downstream(run_dir, f"--label={label}", f"--task={task}", *extra)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  result = json.load(open(os.path.join(run_dir, "downstream", f"{label}_{task}.json")))
-  assert set(result) >= {"auc", "recall_at_fpr", "bayes", "bayes_fraction", "seconds"}  # the fields scripts read
+  name = f"{label}_{task}" + ("_pu5" if extra == ("--labeled_positives=5",) else "")
+  result = json.load(open(os.path.join(run_dir, "downstream", f"{name}.json")))
+  assert set(result) >= {"auc", "recall_at_fpr", "bayes", "bayes_fraction", "seconds", "by_length",
+                         "excluded_no_prediction"}  # the fields scripts read
   assert set(result["recall_at_fpr"]) == {"0.01", "0.05"}
   assert result["num_test"] == 128 and result["positives_test"] > 0
+  assert result["excluded_no_prediction"] == {"train": 0, "validation": 0, "test": 0}  # every user has 4+ events
   assert result["bayes"]["auc"] > 0.6  # the generator's posterior separates the classes
   assert np.isfinite(result["bayes_fraction"])
+  assert sum(g["users"] for g in result["by_length"].values()) == 128
+  if label == "is_bot":  # one entry per bot kind of the generator, each against every negative
+    assert set(result["bayes_by_kind"]) <= {"regular", "indiscriminate", "clicker", "mimic"}
+    assert all(g["users"] - g["positives"] == 128 - result["positives_test"] for g in result["bayes_by_kind"].values())
   if task == "anomaly":
-    assert {"nll", "density", "combined", "surprise/ad_id"} <= set(result["per_score"])
+    assert {"evidence", "vector", "isolation", "combined", "evidence/ad_id/nll_mean"} <= set(result["per_score"])
+    assert result["headline"] == "combined" and result["auc"] == result["per_score"]["combined"]["auc"]
+  if extra == ("--labeled_positives=5",):
+    assert result["labeled_positives"] == 5 and result["unlabeled"] == result["num_train"] - 5
 
 
-def test_bad_label_is_one_line(run_dir):
-  proc = _downstream(run_dir, "--label=segment", "--task=probe")  # a label, but not binary
-  assert proc.returncode == 2 and "gpt-ads-downstream: error:" in proc.stderr and "Traceback" not in proc.stderr
-  proc = _downstream(run_dir, "--label=nope", "--task=probe")
-  assert proc.returncode == 2 and "has labels" in proc.stderr
+def test_bad_input_is_one_line(run_dir):
+  for args, message in ((("--label=segment", "--task=probe"), "is not binary"),
+                        (("--label=nope", "--task=probe"), "has labels"),
+                        (("--label=device", "--task=anomaly"), "leakage"),  # an input feature of the run
+                        (("--label=is_bot", "--task=probe", "--labeled_positives=100000"), "only"),
+                        (("--label=is_bot", "--task=anomaly", "--labeled_positives=5"), "needs --task=probe")):
+    proc = _downstream(run_dir, *args)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("gpt-ads-downstream: error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and message in errors[0], (args, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr
+
+
+def test_labels_with_one_class_are_refused():
+  ok = {"train": np.array([0.0, 1.0, 0.0]), "validation": np.array([0.0]), "test": np.array([1.0, 0.0])}
+  downstream.check_labels("x", ok, labeled_positives=1)
+  with pytest.raises(ValueError, match="one class only among the 2 test users"):
+    downstream.check_labels("x", {**ok, "test": np.array([0.0, 0.0])}, labeled_positives=0)
+  with pytest.raises(ValueError, match="no train user"):
+    downstream.check_labels("x", {**ok, "train": np.zeros(0)}, labeled_positives=0)
+  with pytest.raises(ValueError, match="only 1 positives"):
+    downstream.check_labels("x", ok, labeled_positives=2)

@@ -17,5 +17,5 @@ def test_readme_python_example_runs(trained_run):
     exec(compile(block.replace("/tmp/gpt_ads_demo", workdir), "README.md", "exec"), scope)  # noqa: S102
   d = scope["config"].model.d_model
   assert scope["hidden"].shape == (1, scope["config"].model.max_len, d) and scope["users"].shape == (1, d)
-  assert scope["logp_ads"].shape == (1, 1000)
+  assert scope["logp_ads"].shape == (1, 1000) and scope["evidence"]["num_predicted"].shape == (1,)
   assert int(scope["future"]["segment_ids"].sum()) == 3 + 5

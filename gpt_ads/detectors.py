@@ -1,0 +1,161 @@
+"""Bot / invalid-traffic detectors on per-user evidence (gpt_ads.evidence): numpy in, scores out, scikit-learn.
+
+Inputs are dicts of per-user arrays as `evidence.user_evidence` returns them: scalar evidence ("<feature>/<stat>"),
+"num_predicted" and user vectors ("vector/<pooling>"). `reference` is a population of UNLABELED users (the
+training split) that fits every unsupervised step; `target` the users to score.
+
+Unsupervised (`Unsupervised(reference).scores(target)`; no label is used for fitting or for choosing among
+scores):
+  1. Length calibration (`LengthCalibrator`). A user's mean NLL, entropy or gain over n events spreads like
+     1/sqrt(n) and shifts with n (early events are harder to predict), so each evidence column is turned into
+     a robust z-score within its bucket of predicted-event count: (x - median) / (1.4826 MAD), buckets being
+     quantiles of the reference users' counts.
+  2. `evidence`: the squared robust Mahalanobis distance of the calibrated evidence vector from the reference
+     population, with location and covariance from the Minimum Covariance Determinant (scikit-learn MinCovDet),
+     which fits the majority and ignores up to half of the users as outliers. Invalid traffic is a minority that
+     behaves unlike the majority in some direction that is not known in advance (regular automation is far
+     MORE predictable than people in its time gaps, indiscriminate clicking far LESS predictable in its ads),
+     so the score is a distance (two-sided): a direction is imposed nowhere, because none is principled for
+     every kind of bot.
+  3. `vector`: the same robust distance for the mean-pooled user vectors, reduced by PCA (fitted on the
+     reference users) to at most `VECTOR_COMPONENTS` whitened components.
+  4. `isolation`: an isolation forest on both together (calibrated evidence and reduced vectors): a
+     density-free outlier score that does not assume one ellipsoid.
+  5. `combined` (the headline, by rule): Fisher's combination of the two distances' tail probabilities under
+     the reference population, -sum log(1 - F_ref(score)) over `evidence` and `vector`: each is turned into how
+     rare the user is among reference users, and the two sources (what the model predicted, where it put the
+     user) are pooled; the isolation forest, a function of the same inputs, would count them twice. A score
+     that carries no signal adds a bounded term; a strong one dominates. Fixed here, never chosen on labels
+     (on planted two-kind bots it beat the best single score and min-p pooling: tests/downstream_test.py).
+
+Few labels (`fit_scorer(u.design(train), labeled, balanced=True)`): positive-unlabeled learning, the setting
+where a few confirmed bots (honeypots, rules, manual review) are known and everyone else is unlabeled. A
+logistic regression separates the labeled positives from the unlabeled users on [calibrated evidence, reduced
+vectors, the unsupervised scores]; under the usual "selected completely at random" assumption its score is a
+monotone function of P(bot | x), which is all a ranking needs. With every label known (`balanced=False`) the
+same model is the supervised reference.
+"""
+
+import numpy as np
+from sklearn import covariance, decomposition, ensemble, linear_model, metrics, preprocessing
+
+VECTOR_COMPONENTS = 16
+LENGTH_BUCKETS = 6        # at most; fewer when the reference users are few (each bucket keeps >= MIN_PER_BUCKET)
+MIN_PER_BUCKET = 200
+SEED = 0
+
+
+def evidence_columns(ev: dict) -> list[str]:
+  """The scalar evidence keys ("<feature>/<stat>"), sorted: every entry but the vectors and the counts."""
+  return sorted(k for k in ev if not k.startswith("vector/") and k != "num_predicted")
+
+
+def _matrix(ev: dict, columns: list[str]) -> np.ndarray:
+  return np.stack([np.asarray(ev[c], np.float64) for c in columns], axis=1)  # [n, D]
+
+
+class LengthCalibrator:
+  """Robust z-scores of evidence columns within buckets of predicted-event count (see the module docstring)."""
+
+  def __init__(self, counts: np.ndarray, x: np.ndarray):
+    counts = np.asarray(counts, np.float64)
+    num = int(np.clip(len(counts) // MIN_PER_BUCKET, 1, LENGTH_BUCKETS))
+    self.edges = np.unique(np.quantile(counts, np.linspace(0, 1, num + 1)[1:-1]))  # inner edges
+    bucket = self.bucket(counts)
+    self.loc = np.stack([np.median(x[bucket == b], axis=0) for b in range(len(self.edges) + 1)])
+    mad = np.stack([np.median(np.abs(x[bucket == b] - self.loc[b]), axis=0) for b in range(len(self.edges) + 1)])
+    spread = 1.4826 * mad
+    floor = 1e-3 * np.maximum(np.std(x, axis=0), 1e-12)  # a constant column in a bucket: no division by 0
+    self.scale = np.maximum(spread, floor)
+
+  def bucket(self, counts: np.ndarray) -> np.ndarray:
+    return np.searchsorted(self.edges, np.asarray(counts, np.float64), side="right")
+
+  def __call__(self, counts: np.ndarray, x: np.ndarray) -> np.ndarray:
+    b = self.bucket(counts)
+    return (x - self.loc[b]) / self.scale[b]
+
+
+class Unsupervised:
+  """Every unsupervised step of the module docstring, fitted once on the reference (unlabeled) users."""
+
+  SCORES = ("evidence", "vector", "isolation")
+  COMBINED = ("evidence", "vector")  # Fisher-combined into the headline
+
+  def __init__(self, reference: dict):
+    self.columns = evidence_columns(reference)
+    self.calibrate = LengthCalibrator(reference["num_predicted"], _matrix(reference, self.columns))
+    v = np.asarray(reference["vector/mean"], np.float64)
+    self.pca = decomposition.PCA(n_components=min(VECTOR_COMPONENTS, v.shape[1], len(v) - 1), whiten=True,
+                                 random_state=SEED).fit(v)
+    z, v = self.features(reference)
+    self.mcd_evidence = covariance.MinCovDet(random_state=SEED).fit(z)
+    self.mcd_vector = covariance.MinCovDet(random_state=SEED).fit(v)
+    self.forest = ensemble.IsolationForest(n_estimators=200, random_state=SEED).fit(np.hstack([z, v]))
+    self.reference_scores = {k: np.sort(x) for k, x in self._raw(z, v).items()}
+
+  def features(self, ev: dict) -> tuple[np.ndarray, np.ndarray]:
+    """-> (calibrated evidence [n, D], reduced mean vectors [n, <= VECTOR_COMPONENTS])."""
+    z = self.calibrate(ev["num_predicted"], _matrix(ev, self.columns))
+    return np.clip(z, -50, 50), self.pca.transform(np.asarray(ev["vector/mean"], np.float64))
+
+  def _raw(self, z: np.ndarray, v: np.ndarray) -> dict[str, np.ndarray]:
+    return {"evidence": self.mcd_evidence.mahalanobis(z), "vector": self.mcd_vector.mahalanobis(v),
+            "isolation": -self.forest.score_samples(np.hstack([z, v]))}
+
+  def tail(self, name: str, scores: np.ndarray) -> np.ndarray:
+    """1 - F_ref(score): the share of reference users scoring at least as high (+1 so that it is never 0)."""
+    ref = self.reference_scores[name]
+    return (len(ref) - np.searchsorted(ref, scores, side="left") + 1.0) / (len(ref) + 1.0)
+
+  def scores(self, ev: dict) -> dict[str, np.ndarray]:
+    """{score name: [n] higher = more anomalous}; the headline is "combined" (module docstring), and every
+    calibrated evidence column alone, two-sided, is reported as "evidence/<column>"."""
+    z, v = self.features(ev)
+    out = self._raw(z, v)
+    out["combined"] = -sum(np.log(self.tail(k, out[k])) for k in self.COMBINED)
+    for i, c in enumerate(self.columns):
+      out[f"evidence/{c}"] = np.abs(z[:, i])
+    return out
+
+  def design(self, ev: dict) -> np.ndarray:
+    """[calibrated evidence, reduced vectors, log tails of the unsupervised scores]: the few-label models' x."""
+    z, v = self.features(ev)
+    raw = self._raw(z, v)
+    return np.hstack([z, v, np.stack([np.log(self.tail(k, raw[k])) for k in self.SCORES], axis=1)])
+
+
+def fit_scorer(x: np.ndarray, y: np.ndarray, *, balanced: bool):
+  """Logistic regression of y (0 / 1) on standardized x, its L2 chosen by stratified cross-validation on ROC
+  AUC (fewer folds when there are few positives) -> a score function of x."""
+  folds = int(np.clip(min(y.sum(), len(y) - y.sum()), 2, 5))
+  scaler = preprocessing.StandardScaler().fit(x)
+  model = linear_model.LogisticRegressionCV(Cs=np.logspace(-4, 2, 13).tolist(), l1_ratios=(0.0,), cv=folds,
+                                            scoring="roc_auc", class_weight="balanced" if balanced else None,
+                                            max_iter=2000, random_state=SEED, use_legacy_attributes=False)
+  model.fit(scaler.transform(x), y)
+  return lambda x_new: model.decision_function(scaler.transform(x_new))
+
+
+# ---- metrics ----------------------------------------------------------------------------------------------------
+def auc(scores, labels) -> float:
+  """Area under the ROC curve (ties count half); positives = labels > 0.5; NaN with one class."""
+  pos = np.asarray(labels) > 0.5
+  if pos.all() or not pos.any():
+    return float("nan")
+  return float(metrics.roc_auc_score(pos, np.asarray(scores, np.float64)))
+
+
+def recall_at_fpr(scores, labels, fpr: float) -> float:
+  """True-positive rate at false-positive rate `fpr`: the ROC curve read at `fpr`, linear between its vertices —
+  users tied at the threshold are flagged with the probability that makes the FPR exactly `fpr` (a randomized
+  threshold), so scores with many ties are not penalized for them."""
+  pos = np.asarray(labels) > 0.5
+  if pos.all() or not pos.any():
+    return float("nan")
+  f, t, _ = metrics.roc_curve(pos, np.asarray(scores, np.float64), drop_intermediate=False)
+  i = int(np.searchsorted(f, fpr, side="right")) - 1  # the last vertex at or below fpr: the highest tpr there
+  if i + 1 >= len(f) or f[i] == fpr:
+    return float(t[i])
+  return float(t[i] + (t[i + 1] - t[i]) * (fpr - f[i]) / (f[i + 1] - f[i]))
+
