@@ -262,6 +262,58 @@ def _downstream_section(workdir, rows):
   return lines, out
 
 
+def _length_section(downstream: dict) -> tuple[list[str], list[tuple]]:
+  """Recall at 1% / 5% FPR by bucket of predicted-event count (downstream JSONs' `by_length`) for every size,
+  beside the Bayes-optimal detector's, with bootstrap 95% intervals: the study's length finding. -> (lines,
+  [(task, bucket names, {run: (N, [recall@1% per bucket])}, [Bayes recall@1% per bucket])] for the plot)."""
+  lines, series = [], []
+  for group, runs in downstream.items():
+    tasks = sorted({t for res in runs.values() for t, r in res.items() if "by_length" in r})
+    for task in tasks:
+      have = {name: res[task] for name, res in runs.items() if task in res and "by_length" in res[task]}
+      buckets = list(next(iter(have.values()))["by_length"])
+      lines += [f"## Recall at fixed FPR by sequence length: {task} ({group})", "",
+                "Test users split into terciles of predicted-event count; recall at 1% / 5% FPR within each "
+                "bucket, [bootstrap 95% interval of the 1% figure].", "",
+                "| run | " + " | ".join(f"{b}: users / bots | recall@1% | recall@5%" for b in buckets) + " |",
+                "|---|" + "---|---|---|" * len(buckets)]
+      curves, bayes_row, bayes_vals = {}, ["Bayes-optimal"], []
+      for name, r in have.items():
+        cells, vals = [name], []
+        for b in buckets:
+          g = r["by_length"][b]
+          m, ci = g.get("model"), g.get("model_recall_ci95", {}).get("0.01", [None, None])
+          cells += [f"{g['users']} / {g['positives']}",
+                    f"{_fmt(m and m['recall_at_fpr']['0.01'], '.3f')} [{_fmt(ci[0], '.2f')}, {_fmt(ci[1], '.2f')}]",
+                    _fmt(m and m["recall_at_fpr"]["0.05"], ".3f")]
+          vals.append(m["recall_at_fpr"]["0.01"] if m else np.nan)
+        curves[name] = vals
+        lines.append("| " + " | ".join(cells) + " |")
+      for b in buckets:
+        bay = next(iter(have.values()))["by_length"][b].get("bayes")
+        bayes_row += ["", _fmt(bay and bay["recall_at_fpr"]["0.01"], ".3f"),
+                      _fmt(bay and bay["recall_at_fpr"]["0.05"], ".3f")]
+        bayes_vals.append(bay["recall_at_fpr"]["0.01"] if bay else np.nan)
+      lines += ["| " + " | ".join(bayes_row) + " |", ""]
+      series.append((task, buckets, curves, bayes_vals))
+  return lines, series
+
+
+def _plot_lengths(plt, path, series) -> None:
+  fig, axes = plt.subplots(1, len(series), figsize=(5.5 * len(series), 4), squeeze=False)
+  for ax, (task, buckets, curves, bayes) in zip(axes[0], series):
+    x = np.arange(len(buckets))
+    for name, vals in curves.items():
+      ax.plot(x, vals, marker="o", label=name)
+    ax.plot(x, bayes, "k--", label="Bayes-optimal")
+    ax.set_xticks(x, [b.split(" ")[0] for b in buckets])
+    ax.set_ylim(0, 1.02)
+    ax.set_title(task)
+    ax.set_ylabel("recall at 1% FPR")
+    ax.legend(fontsize=7)
+  _save(plt, fig, path)
+
+
 def _plot_params(plt, path, rows, fits):
   fig, ax = _new_axes(plt)
   for key, f in fits.items():
@@ -363,6 +415,8 @@ def report(workdir: str, *, title: str = "Scaling report", with_floor: bool = Fa
   lines += compute_lines
   downstream_lines, downstream = _downstream_section(workdir, rows)
   lines += downstream_lines
+  length_lines, length_series = _length_section(downstream)
+  lines += length_lines
   front = scaling.frontier([{"name": r["name"], "train_flops": r.get("train_flops"), "test_loss": r["_loss"]}
                             for r in rows])
   lines += ["## Compute-efficient frontier", "", "| train FLOPs | test loss | run |", "|---|---|---|"]
@@ -379,6 +433,9 @@ def report(workdir: str, *, title: str = "Scaling report", with_floor: bool = Fa
   if data:
     _plot_data(plt, os.path.join(workdir, "loss_vs_data.png"), data)
     pngs.insert(1, "loss_vs_data")
+  if length_series:
+    _plot_lengths(plt, os.path.join(workdir, "recall_by_length.png"), length_series)
+    pngs.append("recall_by_length")
   lines += [f"![{p.replace('_', ' ')}]({p}.png)" for p in pngs] + [""]
 
   out = {"runs": len(rows), "size_fits": [{"group": _label(k), "backbone": k[0], "num_train_users": k[1], **v}
