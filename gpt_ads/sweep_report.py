@@ -271,7 +271,8 @@ def _length_section(downstream: dict) -> tuple[list[str], list[tuple]]:
     tasks = sorted({t for res in runs.values() for t, r in res.items() if "by_length" in r})
     for task in tasks:
       have = {name: res[task] for name, res in runs.items() if task in res and "by_length" in res[task]}
-      buckets = list(next(iter(have.values()))["by_length"])
+      order = ("short", "medium", "long")  # downstream.length_groups' names; JSON may reorder them
+      buckets = sorted(next(iter(have.values()))["by_length"], key=lambda b: (order + (b,)).index(b.split(" ")[0]))
       lines += [f"## Recall at fixed FPR by sequence length: {task} ({group})", "",
                 "Test users split into terciles of predicted-event count; recall at 1% / 5% FPR within each "
                 "bucket, [bootstrap 95% interval of the 1% figure].", "",
