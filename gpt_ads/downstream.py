@@ -7,14 +7,16 @@ Uses a pre-trained run (gpt_ads.api) for a per-user binary label of a prepared d
 pass (`api.user_evidence`: per-feature NLL, entropy, gain over the training unigram, repeat probability, user
 vectors) and scores with gpt_ads.detectors:
 
-  probe     a logistic regression (L2 by cross-validation) on [length-calibrated evidence, PCA-reduced user
-            vectors, the unsupervised scores] of the training users, evaluated on the test users. With
+  probe     a logistic regression (L2 by cross-validation) on [length-calibrated evidence, user vectors, the
+            unsupervised scores] of the training users, evaluated on the test users. With
             `--labeled_positives=N` only N training positives are known and every other training user is
-            unlabeled (positive-unlabeled learning: the few confirmed bots of honeypots, rules or review);
+            unlabeled (positive-unlabeled learning: the few confirmed bots of honeypots, rules or review), and
+            the classifier's score is pooled with the unsupervised headline (Fisher's combination);
   finetune  a logistic head on the user vector, trained together with the encoder (AdamW, cross-entropy);
   anomaly   no label is used for fitting or for choosing among scores: robust distances of the calibrated
-            evidence and of the user vectors from the (unlabeled) training users, an isolation forest, and their
-            Fisher combination `combined`, the headline by rule (gpt_ads.detectors says why).
+            evidence and of the user vectors from the (unlabeled) training users, an isolation forest, and the
+            headline by rule, `neighbors`: how far a user's nearest 1% .. 20% of the training users lie
+            (a behaviour shared by few users; gpt_ads.detectors says why).
 
 Every task writes `auc` and `recall_at_fpr` ({"0.01": ..., "0.05": ...}: the share of positives scored above the
 threshold that flags that fraction of negatives — the study's invalid-traffic recall at a fixed FPR), and
@@ -116,17 +118,18 @@ def user_evidence(params, schema, config, batch: dict, *, background, size: int)
 
 # ---- the three tasks --------------------------------------------------------------------------------------------
 def probe(ctx) -> dict:
-  """Logistic regression on the few-label design (gpt_ads.detectors) of the training users; with
-  `labeled_positives` = N > 0, only N random training positives are labeled (positive-unlabeled)."""
-  unsup = detectors.Unsupervised(ctx.evidence("train"))
-  x_train, y = unsup.design(ctx.evidence("train")), ctx.labels["train"].astype(int)
+  """The labelled detector of gpt_ads.detectors fitted on the training users; with `labeled_positives` = N > 0,
+  only N random training positives are labeled (positive-unlabeled)."""
+  train = ctx.evidence("train")
+  unsup = detectors.Unsupervised(train)
+  y = ctx.labels["train"].astype(int)
   n = ctx.opts["labeled_positives"]
   if n:
     known = np.random.default_rng(0).choice(np.flatnonzero(y), n, replace=False)
     y = np.zeros_like(y)
     y[known] = 1
-  score = detectors.fit_scorer(x_train, y, balanced=bool(n))
-  return {"scores": score(unsup.design(ctx.evidence("test"))), "labeled_positives": int(y.sum()),
+  score = detectors.fit_labeled(unsup, train, y, positive_unlabeled=bool(n))
+  return {"scores": score(ctx.evidence("test")), "labeled_positives": int(y.sum()),
           "unlabeled": int(n and len(y) - n)}
 
 
@@ -171,9 +174,10 @@ def finetune(ctx) -> dict:
 
 def anomaly(ctx) -> dict:
   """No label: the unsupervised scores of gpt_ads.detectors, fitted on the (unlabeled) training users."""
-  scores = detectors.Unsupervised(ctx.evidence("train")).scores(ctx.evidence("test"))
+  unsup = detectors.Unsupervised(ctx.evidence("train"))
+  scores = unsup.scores(ctx.evidence("test"))
   y = ctx.labels["test"]
-  return {"scores": scores["combined"], "headline": "combined",
+  return {"scores": scores[unsup.HEADLINE], "headline": unsup.HEADLINE,
           "per_score": {k: metrics(v, y) for k, v in scores.items()}}
 
 
