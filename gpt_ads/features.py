@@ -38,8 +38,8 @@ class FeatureSpec:
     loss: "softmax" (exact cross-entropy) or "sampled_softmax" (shared negatives + contrastive loss).
     num_negatives: negatives shared by the whole batch (sampled_softmax only).
     sampler: "uniform", "log_uniform" (Zipf over frequency-sorted ids), "unigram" (training value counts,
-      from the data set) or "in_batch" (the batch's other targets). Every sampler applies the logQ correction:
-      exact for the first three, the unigram estimate for "in_batch".
+      from the data set) or "in_batch" (the batch's other targets). Every sampler corrects the negatives by
+      the log of their exact expected draw count (for "in_batch", the batch's own target frequencies).
     tied: sampled_softmax head scores against the input embedding table (True) or its own table (False).
     weight: multiplier of this feature's term in the training loss (evaluation always reports it unweighted).
     copy_lags: sampled_softmax only: > 0 adds a learned, history-dependent logit bonus to the values of the

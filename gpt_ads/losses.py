@@ -17,24 +17,29 @@ def softmax_xent(*, logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def sampled_softmax(*, query: jax.Array, labels: jax.Array, table: jax.Array, bias: jax.Array,
-                    neg_ids: jax.Array, neg_log_q: jax.Array, pos_log_q: jax.Array,
+                    neg_ids: jax.Array, neg_log_q: jax.Array,
                     copy: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
-  """Sampled softmax with shared negatives, logQ correction and accidental-hit masking.
+  """Sampled softmax with shared negatives, logQ correction on the negatives and accidental-hit masking.
 
-  Every logit s(id) = query . table[id] + bias[id] is corrected by subtracting log Q(id), the log expected
-  number of times `id` is drawn; a negative equal to the label ("accidental hit") is dropped. With every valid
-  id drawn once as a negative and log Q = 0 this is the exact softmax.
+  With logits s(id) = query . table[id] + bias[id], the normalizer Z = exp(s_y) + Σ_{id != y} exp(s(id)) is
+  estimated by exp(s_y) + Σ_{drawn j != y} exp(s_j - log Q_j), Q_j = n q(j) the expected number of draws of
+  j: the second term is an unbiased estimate of Σ_{id != y} exp(s(id)) (accidental hits dropped, the rest
+  importance-weighted), and the label's own term is exact and NOT corrected. So the gradient on the label's
+  logit tends to -(1 - p_y) as n grows, and the expected gradient vanishes at the true distribution even for
+  peaked targets (n q_y >> 1; tests/losses_test.py). Correcting the label by log Q_y too (TensorFlow's
+  convention) shrinks its term as n q_y grows and drives that gradient to -1: an over-confident model.
+  With every valid id drawn once as a negative and log Q = 0 this is the exact softmax.
 
   Args:
     query: [b, t, e]; labels: [b, t]; table: [v, e]; bias: [v].
-    neg_ids: [n] negatives shared by the batch; neg_log_q: [n] their log Q; pos_log_q: [b, t] log Q of labels.
+    neg_ids: [n] negatives shared by the batch; neg_log_q: [n] their log Q (log expected draw counts).
     copy: (gates [b, t, k], recent ids [b, t, k]) of the feature's copy term, or None.
   Returns:
     nll [b, t].
   """
   query = query.astype(jnp.float32)
   pos = jnp.einsum("bte,bte->bt", query, jnp.take(table, labels, axis=0).astype(jnp.float32))
-  pos = pos + jnp.take(bias, labels) - pos_log_q  # [b, t]
+  pos = pos + jnp.take(bias, labels)  # [b, t]
   neg = jnp.einsum("bte,ne->btn", query, jnp.take(table, neg_ids, axis=0).astype(jnp.float32))
   neg = neg + jnp.take(bias, neg_ids)[None, None] - neg_log_q[None, None]  # [b, t, n]
   if copy is not None:

@@ -64,7 +64,7 @@ def training_loss(params, outputs: dict[str, jax.Array], batch: dict[str, jax.Ar
       table, bias = output_table(params, f)
       neg = negs[f.name]
       nll = losses.sampled_softmax(query=out, labels=labels[f.name], table=table, bias=bias, neg_ids=neg.ids,
-                                   neg_log_q=neg.log_q, pos_log_q=neg.label_log_q, copy=copy_inputs(outputs, f))
+                                   neg_log_q=neg.log_q, copy=copy_inputs(outputs, f))
     else:
       nll = losses.softmax_xent(logits=out, labels=labels[f.name])
     per_feature[f.name] = jnp.sum(nll * mask[f.name].astype(jnp.float32)) / num_targets[f.name]
