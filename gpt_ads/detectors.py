@@ -36,9 +36,10 @@ scores):
      or bots that copy a large human population closely, look typical to every unsupervised score here
      (measured: the generator's `mimic` kind, BUILD_NOTES).
 
-Labelled (`fit_labeled(unsup, train, y, positive_unlabeled=...)`): a logistic regression (L2 by
-cross-validation) on `unsup.design` = [calibrated evidence, reduced vectors, log tails of the unsupervised
-scores] and, with every label known, the whole mean-pooled vector: the supervised reference. With a few known
+Labelled (`fit_labeled(unsup, y, positive_unlabeled=...)`, fitted on the reference users): a logistic
+regression (L2 by cross-validation) on `unsup.design` = [calibrated evidence, reduced vectors, log tails of the
+unsupervised scores] and, with every label known, the whole mean-pooled vector: the supervised reference. With a
+few known
 positives (positive-unlabeled learning: confirmed bots from honeypots, rules or manual review; everyone else
 unlabeled) the same model separates the labeled positives from the unlabeled users (class-balanced; under the
 "selected completely at random" assumption its score is monotone in P(bot | x)), and its tail among the
@@ -113,13 +114,18 @@ class Unsupervised:
     self.forest = ensemble.IsolationForest(n_estimators=200, random_state=SEED).fit(np.hstack([z, v]))
     # The neighbour score's reference: a random subset, whitened by the MCD of the joint features.
     x = np.hstack([z, v])
+    if len(x) < 4 * x.shape[1]:
+      raise ValueError(f"the unsupervised detectors need at least {4 * x.shape[1]} unlabeled reference (training) "
+                       f"users for their {x.shape[1]} features; got {len(x)}: use a larger training split")
     keep = np.random.default_rng(SEED).permutation(len(x))[:NEIGHBOR_REFERENCE]
     mcd = covariance.MinCovDet(random_state=SEED).fit(x[keep])
     self.whiten_loc, self.whiten = mcd.location_, np.linalg.cholesky(np.linalg.pinv(mcd.covariance_))
     ks = np.geomspace(NEIGHBOR_SHARES[0] * len(keep), NEIGHBOR_SHARES[1] * len(keep), NEIGHBOR_STEPS)
     self.ks = np.unique(ks.astype(int).clip(1, len(keep) - 1))  # [steps] ascending
     self.knn = neighbors.NearestNeighbors(n_neighbors=int(self.ks[-1]) + 1).fit(self._whitened(z, v)[keep])
-    self.reference_scores = {k: np.sort(s) for k, s in self._raw(z, v).items()}
+    raw = self._raw(z, v)
+    self.reference_scores = {k: np.sort(s) for k, s in raw.items()}
+    self._reference = (z, v, raw, np.asarray(reference["vector/mean"], np.float64))  # for design(None)
 
   def features(self, ev: dict) -> tuple[np.ndarray, np.ndarray]:
     """-> (calibrated evidence [n, D], reduced mean vectors [n, <= VECTOR_COMPONENTS])."""
@@ -153,14 +159,17 @@ class Unsupervised:
       out[f"evidence/{c}"] = np.abs(z[:, i])
     return out
 
-  def design(self, ev: dict, *, whole_vector: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+  def design(self, ev: dict | None, *, whole_vector: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """-> (x, raw scores): x = [calibrated evidence, reduced vectors, log tails of the unsupervised scores] and,
-    with `whole_vector`, the whole mean-pooled vector: the labelled detectors' input."""
-    z, v = self.features(ev)
-    raw = self._raw(z, v)
+    with `whole_vector`, the whole mean-pooled vector: the labelled detectors' input. `ev` None: the reference
+    users, from what the fit computed (not scored again)."""
+    if ev is None:
+      z, v, raw, mean = self._reference
+    else:
+      z, v = self.features(ev)
+      raw, mean = self._raw(z, v), np.asarray(ev["vector/mean"], np.float64)
     tails = np.stack([np.log(self.tail(k, raw[k])) for k in self.SCORES], axis=1)
-    parts = [z, v, tails] + ([np.asarray(ev["vector/mean"], np.float64)] if whole_vector else [])
-    return np.hstack(parts), raw
+    return np.hstack([z, v, tails] + ([mean] if whole_vector else [])), raw
 
 
 def fit_scorer(x: np.ndarray, y: np.ndarray, *, balanced: bool):
@@ -175,12 +184,12 @@ def fit_scorer(x: np.ndarray, y: np.ndarray, *, balanced: bool):
   return lambda x_new: model.decision_function(scaler.transform(x_new))
 
 
-def fit_labeled(unsup: Unsupervised, train: dict, y: np.ndarray, *, positive_unlabeled: bool):
-  """The labelled detector fitted on the training users' evidence `train` (module docstring) -> a score
+def fit_labeled(unsup: Unsupervised, y: np.ndarray, *, positive_unlabeled: bool):
+  """The labelled detector fitted on `unsup`'s reference users with labels y (module docstring) -> a score
   function of evidence dicts. Every label known: the logistic regression on `unsup.design` with the whole mean
   vector. Positive-unlabeled: the same without it (a few positives cannot fit 100+ more coefficients), pooled by
   Fisher's combination of its tail among the training users with the unsupervised headline's tail."""
-  x, _ = unsup.design(train, whole_vector=not positive_unlabeled)
+  x, _ = unsup.design(None, whole_vector=not positive_unlabeled)
   score = fit_scorer(x, y, balanced=positive_unlabeled)
   if not positive_unlabeled:
     return lambda ev: score(unsup.design(ev, whole_vector=True)[0])

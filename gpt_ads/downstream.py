@@ -128,7 +128,7 @@ def probe(ctx) -> dict:
     known = np.random.default_rng(0).choice(np.flatnonzero(y), n, replace=False)
     y = np.zeros_like(y)
     y[known] = 1
-  score = detectors.fit_labeled(unsup, train, y, positive_unlabeled=bool(n))
+  score = detectors.fit_labeled(unsup, y, positive_unlabeled=bool(n))
   return {"scores": score(ctx.evidence("test")), "labeled_positives": int(y.sum()),
           "unlabeled": int(n and len(y) - n)}
 

@@ -129,8 +129,8 @@ def test_positive_unlabeled_and_supervised_probes_find_planted_bots():
   unsup = detectors.Unsupervised(train)
   known = np.zeros_like(y)
   known[np.flatnonzero(y)[:20]] = 1  # 20 known positives; every other training user unlabeled
-  pu = detectors.fit_labeled(unsup, train, known, positive_unlabeled=True)(test)
-  full = detectors.fit_labeled(unsup, train, y, positive_unlabeled=False)(test)
+  pu = detectors.fit_labeled(unsup, known, positive_unlabeled=True)(test)
+  full = detectors.fit_labeled(unsup, y, positive_unlabeled=False)(test)
   assert detectors.auc(pu, y_test) > 0.95 and detectors.auc(full, y_test) > 0.98
 
 
@@ -192,3 +192,9 @@ def test_labels_with_one_class_are_refused():
     downstream.check_labels("x", {**ok, "train": np.zeros(0)}, labeled_positives=0)
   with pytest.raises(ValueError, match="only 1 positives"):
     downstream.check_labels("x", ok, labeled_positives=2)
+
+
+def test_too_few_reference_users_is_one_clear_error():
+  ref, _ = _planted(40, 0)
+  with pytest.raises(ValueError, match="need at least .* unlabeled reference"):
+    detectors.Unsupervised(ref)
