@@ -109,14 +109,15 @@ class Unsupervised:
     self.pca = decomposition.PCA(n_components=min(VECTOR_COMPONENTS, v.shape[1], len(v) - 1), whiten=True,
                                  random_state=SEED).fit(v)
     z, v = self.features(reference)
+    dims = z.shape[1] + v.shape[1]
+    if len(z) < dims + 2:  # the joint Minimum Covariance Determinant needs more users than features
+      raise ValueError(f"the unsupervised detectors need at least {dims + 2} unlabeled reference (training) "
+                       f"users for their {dims} features; got {len(z)}: use a larger training split")
     self.mcd_evidence = covariance.MinCovDet(random_state=SEED).fit(z)
     self.mcd_vector = covariance.MinCovDet(random_state=SEED).fit(v)
     self.forest = ensemble.IsolationForest(n_estimators=200, random_state=SEED).fit(np.hstack([z, v]))
     # The neighbour score's reference: a random subset, whitened by the MCD of the joint features.
     x = np.hstack([z, v])
-    if len(x) < 4 * x.shape[1]:
-      raise ValueError(f"the unsupervised detectors need at least {4 * x.shape[1]} unlabeled reference (training) "
-                       f"users for their {x.shape[1]} features; got {len(x)}: use a larger training split")
     keep = np.random.default_rng(SEED).permutation(len(x))[:NEIGHBOR_REFERENCE]
     mcd = covariance.MinCovDet(random_state=SEED).fit(x[keep])
     self.whiten_loc, self.whiten = mcd.location_, np.linalg.cholesky(np.linalg.pinv(mcd.covariance_))

@@ -195,6 +195,6 @@ def test_labels_with_one_class_are_refused():
 
 
 def test_too_few_reference_users_is_one_clear_error():
-  ref, _ = _planted(40, 0)
+  ref, _ = _planted(12, 0)  # 4 evidence columns + 11 vector components
   with pytest.raises(ValueError, match="need at least .* unlabeled reference"):
     detectors.Unsupervised(ref)
