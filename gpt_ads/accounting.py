@@ -3,7 +3,8 @@
 Non-embedding parameters (the study's x-axis) are every parameter except vocabulary- and position-sized ones:
 input embedding tables, the position table, untied output tables, output biases over a vocabulary, and the
 dense logit kernels of `softmax` heads (their "unembedding"). What remains: the decoder blocks, the final norm,
-input projections and the query projections of sampled heads.
+input projections, the query projections of sampled heads and, under the "chain" factorization, the chain
+inputs of the heads (gpt_ads.model.chain).
 
 Training FLOPs per input position (forward + backward = 3 x forward, a multiply-add = 2 FLOPs):
     6 * N_nonembed                                 matmuls of the decoder and projections
@@ -33,7 +34,7 @@ from gpt_ads.model.model import dummy_batch
 def _is_embedding(path: tuple[str, ...], schema: features_lib.Schema) -> bool:
   if path[0] == "embed":
     return path[1] in schema.names or path[1] == "positions"
-  if path[0] == "heads":
+  if path[0] == "heads" and path[1] in schema.names:  # not the chain inputs (`chain_<name>`): non-embedding
     spec = schema[path[1]]
     if spec.sampled:
       return path[2] in ("bias", "table")

@@ -7,6 +7,8 @@
     user = api.embed(params, batch, schema=schema, config=config, pooling="mean")        # [b, d]
     ev = api.user_evidence(params, batch, schema=schema, config=config)                 # {key: [b] / [b, d]}
     logp = api.score(params, batch, "ad_id", candidates, schema=schema, config=config)   # [b, n]
+    logp = api.score(params, batch, "ad_id", candidates, given={"event_type": clicks},   # chain: ads given
+                     schema=schema, config=config)                                       # the event's type
     more = api.sample(params, batch, jax.random.key(0), num_events=5, schema=schema, config=config)
 
 Every function is pure in (params, batch, rng) and composes with `jax.jit`, `jax.vmap` and `jax.grad`; bind
@@ -29,7 +31,7 @@ import numpy as np
 
 from gpt_ads import evidence as evidence_lib
 from gpt_ads import features, losses
-from gpt_ads.model import Model, ModelConfig
+from gpt_ads.model import Model, ModelConfig, chain
 from gpt_ads.model.heads import NEG_INF, copy_bonus, copy_inputs, output_table, take_at, valid_ids
 from gpt_ads.model.model import dummy_batch
 
@@ -113,8 +115,8 @@ def make_batch(schema: features.Schema, events: dict, *, length: int) -> dict[st
   return out
 
 
-def _forward(params, batch, schema, config, at=None):
-  return _model(schema, config).apply({"params": params}, batch, at=at)
+def _forward(params, batch, schema, config, at=None, given=None, hidden=None):
+  return _model(schema, config).apply({"params": params}, batch, at=at, given=given, hidden=hidden)
 
 
 def _candidate_logits(params, outputs, spec: features.FeatureSpec, ids: jax.Array) -> jax.Array:
@@ -128,7 +130,10 @@ def _candidate_logits(params, outputs, spec: features.FeatureSpec, ids: jax.Arra
 def apply(params, batch, *, schema: features.Schema, config):
   """-> ({feature: log-probabilities [b, t, v] of its value in event t + 1}, hidden [b, t, d]).
 
-  Full vocabulary at every position: O(b t v) memory. For large vocabularies use `score`."""
+  Under the "chain" factorization a feature's distribution is conditioned on event t + 1's values of the features
+  before it in `event_order`, read from `batch` (teacher forcing; at a row's last event there are none: use
+  `score(given=)` or `sample`). Full vocabulary at every position: O(b t v) memory. For large vocabularies use
+  `score`."""
   outputs, hidden = _forward(params, batch, schema, config)
   logp = {}
   for f in schema:
@@ -164,14 +169,43 @@ def user_evidence(params, batch, *, schema: features.Schema, config, background:
                                     background=background)
 
 
-def score(params, batch, feature: str, candidates: jax.Array, *, schema: features.Schema, config,
-          vocab_chunk: int = 4096) -> jax.Array:
-  """log p(next event's `feature` = c | history) for candidate ids c: candidates [n] or [b, n] -> [b, n].
+def conditioning(feature: str, *, schema: features.Schema, config) -> tuple[str, ...]:
+  """The features of the same event whose values `feature`'s distribution is conditioned on, what
+  `score(feature, given=)` needs: those before it in `event_order` under "chain", none under "independent"."""
+  return chain.earlier(schema, _model(schema, config).cfg)[feature]
 
-  Exact: normalized over the whole vocabulary (in `vocab_chunk` chunks for sampled features, so a 1M-id
-  vocabulary costs O(b · chunk) memory)."""
+
+def _check_given(schema: features.Schema, config, feature: str, given: dict) -> dict:
+  """The `given` values `feature`'s head conditions on (all of them under "chain"; none under "independent",
+  where the model treats an event's features as independent); a clear error for what cannot be conditioned."""
+  cfg = _model(schema, config).cfg
+  unknown = sorted(set(given) - set(schema.names) | ({feature} & set(given)))
+  if unknown:
+    raise ValueError(f"given={unknown}: name other features of the schema {list(schema.names)} than {feature!r}")
+  if cfg.event_factorization != "chain":
+    return {}
+  needs = conditioning(feature, schema=schema, config=config)
+  missing, later = [n for n in needs if n not in given], [n for n in given if n not in needs]
+  if missing or later:
+    raise ValueError(f"score({feature!r}, given={sorted(given)}): under the chain order "
+                     f"{list(chain.event_order(schema, cfg))} {feature!r} is conditioned on exactly {list(needs)}"
+                     f"{'; missing ' + str(missing) if missing else ''}"
+                     f"{'; ' + str(later) + ' come after it' if later else ''}: give those, or set "
+                     f"config.model.event_order so that the given features come first")
+  return {n: given[n] for n in needs}
+
+
+def score(params, batch, feature: str, candidates: jax.Array, *, schema: features.Schema, config,
+          given: dict | None = None, vocab_chunk: int = 4096) -> jax.Array:
+  """log p(next event's `feature` = c | history[, given]) for candidate ids c: candidates [n] or [b, n] -> [b, n].
+
+  `given` ({feature: [b] ids} of the next event): under "chain", the values of every feature before `feature`
+  in `event_order` (e.g. ad ids given event type = click); under "independent" it changes nothing (the model's
+  features are independent given the history). Exact: normalized over the whole vocabulary (in `vocab_chunk`
+  chunks for sampled features, so a 1M-id vocabulary costs O(b · chunk) memory)."""
   spec = schema[feature]
-  last, _ = _forward(params, batch, schema, config, at=_last_index(batch))  # the heads at the last event: [b, 1, ...]
+  given = _check_given(schema, config, feature, given or {})
+  last, _ = _forward(params, batch, schema, config, at=_last_index(batch), given=given)  # heads at the last event
   cand = jnp.asarray(candidates, jnp.int32)
   if not spec.sampled:
     logp = jax.nn.log_softmax(last[spec.name][:, 0], axis=-1)  # [b, v]
@@ -198,28 +232,43 @@ def _sample_feature(rng, logits, temperature: float, top_k: int):
   return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
+def _next_logits(params, last, spec: features.FeatureSpec) -> jax.Array:
+  """[b, v] logits of a feature's next value from the heads at one position (`last`), invalid ids at -inf."""
+  if spec.sampled:
+    v = output_table(params, spec)[0].shape[0]
+    logits = _candidate_logits(params, last, spec, jnp.arange(v))[:, 0]
+  else:
+    logits, v = last[spec.name][:, 0], last[spec.name].shape[-1]
+  return jnp.where(valid_ids(spec.vocab_size, v), logits, -jnp.inf)
+
+
 def sample(params, batch, rng: jax.Array, *, num_events: int, schema: features.Schema, config,
            temperature: float = 1.0, top_k: int = 0):
-  """Appends `num_events` generated events to every row (each feature drawn from its factorized next-event
-  distribution, as the model defines it) and returns the extended batch. Rows must have room: events past the
-  batch length are dropped."""
+  """Appends `num_events` generated events to every row and returns the extended batch. Each event is drawn
+  from the model's own next-event distribution: under "independent" every feature from the hidden state; under
+  "chain" feature by feature in `event_order`, each given the values drawn before it (coherent events: a
+  campaign that owns the drawn ad). The decoder runs once per event. Rows must have room: events past the batch
+  length are dropped."""
   num_events = int(num_events)
+  cfg = _model(schema, config).cfg
+  order = chain.event_order(schema, cfg) if cfg.event_factorization == "chain" else schema.names
+  index = {f.name: j for j, f in enumerate(schema)}
 
   def step(i, carry):
     b, key = carry
     idx = _last_index(b)
-    last, _ = _forward(params, b, schema, config, at=idx)  # [b, 1, ...]
+    last, hidden = _forward(params, b, schema, config, at=idx)  # heads at the last event: [b, 1, ...]
     new_pos = idx + 1
     rows = jnp.arange(idx.shape[0])
-    for j, f in enumerate(schema):
-      if f.sampled:
-        v = output_table(params, f)[0].shape[0]
-        logits = _candidate_logits(params, last, f, jnp.arange(v))[:, 0]
-        logits = jnp.where(valid_ids(f.vocab_size, v), logits, -jnp.inf)
-      else:
-        logits = jnp.where(valid_ids(f.vocab_size, last[f.name].shape[-1]), last[f.name][:, 0], -jnp.inf)
-      ids = _sample_feature(jax.random.fold_in(jax.random.fold_in(key, i), j), logits, temperature, top_k)
-      b = {**b, f.name: b[f.name].at[rows, new_pos].set(ids, mode="drop")}
+    drawn = {}
+    for k, name in enumerate(order):
+      if k and cfg.event_factorization == "chain":  # the heads again, given the values drawn so far
+        last, _ = _forward(params, b, schema, config, at=idx, given=drawn, hidden=hidden)
+      j = index[name]
+      drawn[name] = _sample_feature(jax.random.fold_in(jax.random.fold_in(key, i), j),
+                                    _next_logits(params, last, schema[name]), temperature, top_k)
+    for name, ids in drawn.items():
+      b = {**b, name: b[name].at[rows, new_pos].set(ids, mode="drop")}
     b["segment_ids"] = b["segment_ids"].at[rows, new_pos].set(b["segment_ids"][:, 0], mode="drop")
     b["positions"] = b["positions"].at[rows, new_pos].set(take_at(b["positions"], idx)[:, 0] + 1, mode="drop")
     return b, key
@@ -229,5 +278,5 @@ def sample(params, batch, rng: jax.Array, *, num_events: int, schema: features.S
   return out
 
 
-__all__ = ["FeatureSpec", "Schema", "apply", "embed", "init", "load", "make_batch", "run_data_dir", "sample",
+__all__ = ["FeatureSpec", "Schema", "apply", "conditioning", "embed", "init", "load", "make_batch", "run_data_dir", "sample",
            "save_run_file", "score", "user_evidence"]

@@ -4,8 +4,10 @@ Serializes the trained model's `embed` and `score` (gpt_ads.api) with `jax.expor
 batch size symbolic, into one zip file that needs no gpt_ads (nor Flax) to run — only jax:
 
     embed.bin   batch -> user vectors [b, d]
-    score.bin   (batch, candidates [n]) -> log p(next `feature` = candidate) [b, n]
-    meta.json   input names and order, length T, feature scored, pooling, the schema
+    score.bin   (candidates [n], batch[, given]) -> log p(next `feature` = candidate) [b, n]; under the "chain"
+                factorization it also takes the next event's values [b] of the features `feature` is
+                conditioned on (meta "given", in that order; `api.conditioning`)
+    meta.json   input names and order, length T, feature scored, the given features, pooling, the schema
 
     exported = gpt_ads.export.read(FILE)          # or: jax.export.deserialize(zip member bytes)
     vectors = exported["embed"].call(*[batch[k] for k in exported["meta"]["inputs"]])
@@ -52,15 +54,19 @@ def export(workdir: str, out: str, *, feature: str | None = None, pooling: str =
 
   embed = jax.jit(lambda *arrays: api.embed(params, as_batch(arrays), schema=schema, config=config,
                                             pooling=pooling))
-  score = jax.jit(lambda cands, *arrays: api.score(params, as_batch(arrays), feature, cands, schema=schema,
-                                                   config=config))
+  given = list(api.conditioning(feature, schema=schema, config=config))
+  score = jax.jit(lambda cands, *arrays: api.score(
+      params, as_batch(arrays[:len(inputs)]), feature, cands, schema=schema, config=config,
+      given=dict(zip(given, arrays[len(inputs):]))))
   exported_embed = jax.export.export(embed)(*[row] * len(inputs))
-  exported_score = jax.export.export(score)(jax.ShapeDtypeStruct((n,), np.int32), *[row] * len(inputs))
-  meta = {"format": "gpt_ads.export/1", "inputs": inputs, "length": length, "feature": feature,
+  exported_score = jax.export.export(score)(jax.ShapeDtypeStruct((n,), np.int32), *[row] * len(inputs),
+                                            *[jax.ShapeDtypeStruct((b,), np.int32)] * len(given))
+  meta = {"format": "gpt_ads.export/1", "inputs": inputs, "length": length, "feature": feature, "given": given,
           "pooling": pooling, "d_model": int(config.model.d_model),
           "schema": [{"name": f.name, "vocab_size": f.vocab_size, "loss": f.loss} for f in schema],
           "embed": "embed(*[batch[k] for k in inputs]) -> [b, d_model]",
-          "score": "score(candidates [n] int32, *[batch[k] for k in inputs]) -> log-probabilities [b, n]"}
+          "score": "score(candidates [n] int32, *[batch[k] for k in inputs], *[next event's value [b] of g for g in "
+                   "given]) -> log-probabilities [b, n]"}
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   tmp = out + ".tmp"
   with zipfile.ZipFile(tmp, "w") as z:

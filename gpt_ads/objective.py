@@ -11,12 +11,8 @@ import jax.numpy as jnp
 
 from gpt_ads import features as features_lib
 from gpt_ads import losses, negatives
+from gpt_ads.model.chain import next_event
 from gpt_ads.model.heads import copy_inputs, output_table
-
-
-def _next(x: jax.Array, fill: int) -> jax.Array:
-  """[b, t] -> [b, t]: the value at t + 1 (`fill` at the last position)."""
-  return jnp.pad(x[:, 1:], ((0, 0), (0, 1)), constant_values=fill)
 
 
 def targets(batch: dict[str, jax.Array], schema: features_lib.Schema):
@@ -24,9 +20,9 @@ def targets(batch: dict[str, jax.Array], schema: features_lib.Schema):
   (the last position is never a target). The labels are shifted, not the outputs: slicing [b, t, v] logits
   would copy them, and pad their gradient back, on every step."""
   seg = batch["segment_ids"]
-  next_seg = _next(seg, 0)
+  next_seg = next_event(seg, 0)
   next_is_same_user = (next_seg == seg) & (next_seg > 0)  # [b, t]
-  labels = {f.name: _next(batch[f.name], features_lib.PAD_ID) for f in schema}
+  labels = {f.name: next_event(batch[f.name], features_lib.PAD_ID) for f in schema}
   mask = {f.name: next_is_same_user & (labels[f.name] != features_lib.PAD_ID) for f in schema}
   return labels, mask
 

@@ -36,10 +36,12 @@ def _define_flags() -> None:
   flags.DEFINE_integer("downstream_max_users", 20_000, "--max_users of the downstream tasks.")
   flags.mark_flags_as_required(["sweep", "workdir"])
 
-RESULT_KEYS = ("test_loss", "gap_closed", "non_embedding_params", "params", "train_flops", "flops_per_position",
-               "events_per_sec", "step", "bayes_factorized_loss", "unigram_loss", "devices", "train_seconds")
-CONFIG_KEYS = {"backbone": "model.backbone", "d_model": "model.d_model", "num_layers": "model.num_layers",
-               "batch_size": "train.batch_size", "num_train_users": "data.num_train_users",
+RESULT_KEYS = ("test_loss", "gap_closed", "gap_closed_joint", "non_embedding_params", "params", "train_flops",
+               "flops_per_position", "events_per_sec", "step", "bayes_factorized_loss", "bayes_joint_loss",
+               "unigram_loss", "devices", "train_seconds")
+CONFIG_KEYS = {"backbone": "model.backbone", "event_factorization": "model.event_factorization",
+               "d_model": "model.d_model", "num_layers": "model.num_layers", "batch_size": "train.batch_size",
+               "num_train_users": "data.num_train_users",
                "max_train_users": "data.max_train_users"}  # column: config key (empty when a config lacks it)
 
 

@@ -5,7 +5,7 @@ Sections, each written only when the sweep has the runs for it (shaped like the 
   loss vs size    L(N) = (N_c / N)^alpha per group of runs that differ only in size (same backbone, data and
                   recipe), on test loss and — generated data — on the excess over the Bayes bound: alpha, its
                   bootstrap interval, R², and extrapolations to 10x / 100x the largest model. Groups per
-                  backbone give the transformer-vs-LSTM slopes side by side;
+                  backbone (and event factorization: "transformer (chain)") give the slopes side by side;
   loss vs data    test loss per model and training-set size, and the data each model needs to reach a common
                   target loss; L(D) fitted to every run's learning curve;
   fixed compute   per FLOPs budget, the runs that trade model size against steps, best marked;
@@ -65,7 +65,10 @@ def _rows(workdir) -> list[dict]:
     r["_bayes"] = _num(r.get("bayes_factorized_loss"))
     r["_users"] = _num(r.get("max_train_users")) or _num(r.get("num_train_users"))  # prepared data: max_train_users
     r["_budget"] = _num(r.get("flops_budget"))
-    r["_key"] = (r.get("backbone") or "transformer", r["_users"], r["_budget"])
+    kind = r.get("backbone") or "transformer"  # runs of another backbone or factorization are fitted apart
+    if r.get("event_factorization") == "chain":
+      kind += " (chain)"
+    r["_key"] = (kind, r["_users"], r["_budget"])
   return rows
 
 

@@ -330,6 +330,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       "test_loss": test["loss"],
       "test_loss_per_feature": test["per_feature"],
       "test_predicted_events": test["predicted_events"],
+      "event_factorization": model.cfg.event_factorization,
       **counts,
       "flops_per_position": flops_per_position,
       "train_flops": flops_per_position * t.batch_size * seq_len * num_steps,
@@ -343,5 +344,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                        "bayes_factorized_loss_per_feature", "unigram_loss_per_feature")})
     result["gap_closed"] = (ref["unigram_loss"] - test["loss"]) / (ref["unigram_loss"] -
                                                                     ref["bayes_factorized_loss"])
+    result["gap_closed_joint"] = (ref["unigram_loss"] - test["loss"]) / (ref["unigram_loss"] -
+                                                                          ref["bayes_joint_loss"])
   logbook.write_json(os.path.join(workdir, "eval.json"), result)
   return result

@@ -57,15 +57,17 @@ def test_parameter_shardings_follow_rules(mesh_sizes):
     assert a.sharding == b.sharding
 
 
-def test_loss_is_the_same_on_one_device_and_on_an_fsdp_tensor_mesh(tmp_path):
-  base = tiny_config(**TP_SIZES)
+@pytest.mark.parametrize("factorization", ["independent", "chain"])
+def test_loss_is_the_same_on_one_device_and_on_an_fsdp_tensor_mesh(tmp_path, factorization):
+  base = tiny_config(**TP_SIZES, **{"model.event_factorization": factorization})
   data = datasets.load(base, str(tmp_path))
   local = next(pipeline.TrainIterator(data.train, names=data.schema.names, max_len=base.model.max_len,
                                       global_batch=base.train.batch_size, seed=0))
   results = []
   for devices, sizes in [(jax.devices()[:1], dict(data=1, fsdp=1, tensor=1)),
                          (jax.devices(), dict(data=2, fsdp=2, tensor=2))]:
-    config = tiny_config(**TP_SIZES, **{f"mesh.{k}": v for k, v in sizes.items()})
+    config = tiny_config(**TP_SIZES, **{"model.event_factorization": factorization},
+                         **{f"mesh.{k}": v for k, v in sizes.items()})
     mesh, rule_set, model, tx, lr, abstract, shardings = _setup(config, devices)
     data_sharding = sharding.batch_sharding(mesh, rule_set)
     step = train.jit_train_step(model=model, tx=tx, lr_schedule=lr, unigram_log_q={}, rule_set=rule_set,

@@ -105,12 +105,14 @@ def test_step_is_lazy_adamw_on_the_rows_read():
       np.testing.assert_array_equal(got[name][rest], before_arr[rest], err_msg=f"{path} {name}")
 
 
-@pytest.mark.parametrize("accum,tied", [(2, False)])
-def test_loss_and_gradients_match_the_dense_step(accum, tied):
+@pytest.mark.parametrize("accum,tied,factorization", [(2, False, "independent"), (1, True, "chain")])
+def test_loss_and_gradients_match_the_dense_step(accum, tied, factorization):
   """Same negatives, same loss; the gradients of every other parameter bitwise equal, and the slab rows' the
   dense gradient's rows (which is zero off the rows read). Untied with 2 micro-batches: the most per-id
-  parameters and negative sets; the tied, 1-micro-batch step is the one the AdamW-by-hand test checks."""
-  config = tiny_config(**{"schema.features.ad_id.tied": tied})
+  parameters and negative sets; the tied, 1-micro-batch step is the one the AdamW-by-hand test checks. Under
+  the chain factorization the input table is also read at the next event's ids (the teacher-forced values)."""
+  config = tiny_config(**{"schema.features.ad_id.tied": tied, "model.event_factorization": factorization,
+                          "model.event_order": "device,ad_id"})
   mesh, rule_set, model, tx, _, shardings = _setup(config)
   batch = _batch(model.schema, 0)
   with jax.set_mesh(mesh):

@@ -14,6 +14,9 @@ REMAT_POLICIES = {
 # Sequence backbones selectable in `config.model.backbone` (see gpt_ads.model.model).
 BACKBONES = ("transformer", "lstm")
 
+# How an event's features are predicted, in `config.model.event_factorization` (see gpt_ads.model.chain).
+FACTORIZATIONS = ("independent", "chain")
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -29,6 +32,9 @@ class ModelConfig:
     scan_layers: scan the blocks (flat compile time) or unroll them.
     vocab_pad_multiple: vocabulary tables are padded to a multiple of this.
     backbone: "transformer" (Decoder) or "lstm" (RecurrentDecoder; num_heads and mlp_dim are then unused).
+    event_factorization: "independent" (the study's: an event's features independent given the history) or
+      "chain" (the chain rule over `event_order`: the exact joint; gpt_ads.model.chain).
+    event_order: the chain's order, comma-separated feature names; unnamed features follow in schema order.
   """
   d_model: int = 128
   num_layers: int = 4
@@ -42,6 +48,8 @@ class ModelConfig:
   scan_layers: bool = True
   vocab_pad_multiple: int = 128
   backbone: str = "transformer"
+  event_factorization: str = "independent"
+  event_order: str = ""
 
   def __post_init__(self):
     if self.d_model % self.num_heads:
@@ -54,6 +62,9 @@ class ModelConfig:
       raise ValueError(f"config.model.dtype={self.dtype!r} must be 'float32' or 'bfloat16'")
     if self.backbone not in BACKBONES:
       raise ValueError(f"config.model.backbone={self.backbone!r} must be one of {list(BACKBONES)}")
+    if self.event_factorization not in FACTORIZATIONS:
+      raise ValueError(f"config.model.event_factorization={self.event_factorization!r} must be one of "
+                       f"{list(FACTORIZATIONS)}")
 
   @classmethod
   def from_config(cls, model_cfg) -> "ModelConfig":

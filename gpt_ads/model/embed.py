@@ -34,13 +34,18 @@ class FeatureEmbed(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, batch: dict[str, jax.Array]) -> jax.Array:
+  def __call__(self, batch: dict[str, jax.Array],
+               lookup: dict[str, jax.Array] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """-> (x [b, t, d], {name: the table rows of `lookup[name]` ids, [..., e] in the compute dtype}); `lookup`
+    reads the same tables for other ids (the chain heads' next-event values)."""
     cfg = self.cfg
     dtype = jnp.dtype(cfg.dtype)
-    parts = []
+    parts, looked_up = [], {}
     for f in self.schema:
       table = self.param(f.name, nn.with_logical_partitioning(EMBED_INIT, (axes.P_VOCAB, _width_axis(f, cfg))),
                          (padded_vocab(f.vocab_size, cfg.vocab_pad_multiple), f.embed_dim), jnp.float32)
+      if lookup and f.name in lookup:
+        looked_up[f.name] = jnp.take(table, lookup[f.name], axis=0).astype(dtype)  # [..., e]
       x = jnp.take(table, batch[f.name], axis=0).astype(dtype)  # [b, t, e]
       if cfg.combine == "sum" and f.embed_dim != cfg.d_model:
         x = Dense("bte,ed->btd", (f.embed_dim, cfg.d_model), (axes.P_FEATURE, axes.P_EMBED),
@@ -55,7 +60,7 @@ class FeatureEmbed(nn.Module):
     pos = self.param("positions", nn.with_logical_partitioning(EMBED_INIT, (axes.P_POSITION, axes.P_EMBED)),
                      (cfg.max_len, cfg.d_model), jnp.float32)
     x = x + jnp.take(pos, batch["positions"], axis=0).astype(dtype)  # [b, t, d]
-    return nn.with_logical_constraint(x, (axes.BATCH, axes.LENGTH, axes.EMBED))
+    return nn.with_logical_constraint(x, (axes.BATCH, axes.LENGTH, axes.EMBED)), looked_up
 
 
 def _width_axis(f: features_lib.FeatureSpec, cfg) -> str:

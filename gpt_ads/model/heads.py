@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from gpt_ads import features as features_lib
-from gpt_ads.model import axes
+from gpt_ads.model import axes, chain
 from gpt_ads.model.config import ModelConfig
 from gpt_ads.model.embed import EMBED_INIT, padded_vocab
 from gpt_ads.model.layers import Dense
@@ -134,7 +134,10 @@ def take_at(x: jax.Array, at: jax.Array) -> jax.Array:
 class FeatureHeads(nn.Module):
   """[b, t, d] hidden states -> {feature: logits [b, t, v] or query [b, t, e]} (f32), plus for features with a
   copy term {copy_keys(name): (gates [b, t, k] f32, recent ids [b, t, k] int32)}. With `at` ([b] positions)
-  every output is taken at those positions only: t = 1, and the heads' matmuls run on [b, 1, d].
+  every output is taken at those positions only: t = 1, and the heads' matmuls run on [b, 1, d]. Under the
+  "chain" factorization (gpt_ads.model.chain) feature j's head reads `ChainInput` (params `chain_<name>`) of
+  the hidden state and `values`: {name: embedding [b, t or 1, e] of the next event's value} of the features
+  before j in `event_order`.
 
   Attributes:
     schema: the features; cfg: the ModelConfig.
@@ -143,22 +146,27 @@ class FeatureHeads(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, h: jax.Array, batch: dict[str, jax.Array], at: jax.Array | None = None) -> dict[str, jax.Array]:
+  def __call__(self, h: jax.Array, batch: dict[str, jax.Array], at: jax.Array | None = None,
+               values: dict[str, jax.Array] | None = None) -> dict[str, jax.Array]:
     cfg = self.cfg
     if at is not None:
       h = take_at(h, at)  # [b, 1, d]
+    conditions = chain.earlier(self.schema, cfg)
     out = {}
     for f in self.schema:
+      hf = h
+      if conditions[f.name]:
+        hf = chain.ChainInput(cfg, name=f"chain_{f.name}")(h, [values[n] for n in conditions[f.name]])
       if f.sampled and f.copy_lags:
         gates_key, ids_key = copy_keys(f.name)
-        out[f.name], out[gates_key] = SampledHead(f, cfg, name=f.name)(h)
+        out[f.name], out[gates_key] = SampledHead(f, cfg, name=f.name)(hf)
         out[ids_key] = recent_ids(batch[f.name], batch["segment_ids"], f.copy_lags)  # [b, t, k]
         if at is not None:
           out[ids_key] = take_at(out[ids_key], at)
       elif f.sampled:
-        out[f.name] = SampledHead(f, cfg, name=f.name)(h)
+        out[f.name] = SampledHead(f, cfg, name=f.name)(hf)
       else:
-        out[f.name] = SoftmaxHead(f, cfg, name=f.name)(h)
+        out[f.name] = SoftmaxHead(f, cfg, name=f.name)(hf)
     return out
 
 

@@ -9,6 +9,11 @@ user representation after event t. `at` ([b] positions) applies the heads at one
 (outputs [b, 1, ...]): what scoring the next event needs, without an exact feature's [b, t, v] logits. A
 sampled feature with a copy term (`copy_lags`) adds two more outputs (`heads.copy_keys`): its gates and the ids
 they apply to.
+
+Under `cfg.event_factorization == "chain"` (gpt_ads.model.chain) a feature's output also conditions on the next
+event's values of the features before it in `event_order`: teacher-forced from `batch` one position on, or with
+`at`, `given` ({name: [b] ids}; PAD where not given). `hidden` ([b, t, d], from an earlier call on the same
+batch) skips the decoder: what drawing an event's features one by one needs.
 """
 
 import flax.linen as nn
@@ -16,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from gpt_ads import features as features_lib
+from gpt_ads.model import chain
 from gpt_ads.model.config import ModelConfig
 from gpt_ads.model.decoder import Decoder
 from gpt_ads.model.embed import FeatureEmbed
@@ -33,12 +39,16 @@ class Model(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, batch: dict[str, jax.Array], *, deterministic: bool = True, at: jax.Array | None = None):
-    x = FeatureEmbed(self.schema, self.cfg, name="embed")(batch)  # [b, t, d]
-    x = nn.Dropout(self.cfg.dropout)(x, deterministic=deterministic)
-    backbone = RecurrentDecoder if self.cfg.backbone == "lstm" else Decoder
-    hidden = backbone(self.cfg, deterministic, name="decoder")(x, batch["segment_ids"])  # [b, t, d]
-    outputs = FeatureHeads(self.schema, self.cfg, name="heads")(hidden, batch, at=at)
+  def __call__(self, batch: dict[str, jax.Array], *, deterministic: bool = True, at: jax.Array | None = None,
+               given: dict[str, jax.Array] | None = None, hidden: jax.Array | None = None):
+    conditioning = sorted({n for names in chain.earlier(self.schema, self.cfg).values() for n in names})
+    x, values = FeatureEmbed(self.schema, self.cfg, name="embed")(
+        batch, lookup=chain.next_ids(batch, conditioning, at, given))  # [b, t, d], {name: [b, t or 1, e]}
+    if hidden is None:
+      x = nn.Dropout(self.cfg.dropout)(x, deterministic=deterministic)
+      backbone = RecurrentDecoder if self.cfg.backbone == "lstm" else Decoder
+      hidden = backbone(self.cfg, deterministic, name="decoder")(x, batch["segment_ids"])  # [b, t, d]
+    outputs = FeatureHeads(self.schema, self.cfg, name="heads")(hidden, batch, at=at, values=values)
     return outputs, hidden.astype(jnp.float32)
 
 
