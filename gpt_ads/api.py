@@ -175,38 +175,36 @@ def conditioning(feature: str, *, schema: features.Schema, config) -> tuple[str,
   return chain.earlier(schema, _model(schema, config).cfg)[feature]
 
 
-def _check_given(schema: features.Schema, config, feature: str, given: dict) -> dict:
-  """The `given` values `feature`'s head conditions on (all of them under "chain"; none under "independent",
-  where the model treats an event's features as independent); a clear error for what cannot be conditioned."""
+MAX_SUMMED_OUT = 4096  # combinations of not-given earlier values `score` sums out exactly, at most
+
+
+def _check_given(schema: features.Schema, config, feature: str, given: dict) -> tuple[dict, tuple[str, ...]]:
+  """-> (the `given` values `feature`'s head conditions on, the conditioning features not given, to be summed
+  out). Under "independent" both are empty: the model treats an event's features as independent. A clear error
+  for what cannot be conditioned on or summed out."""
   cfg = _model(schema, config).cfg
   unknown = sorted(set(given) - set(schema.names) | ({feature} & set(given)))
   if unknown:
     raise ValueError(f"given={unknown}: name other features of the schema {list(schema.names)} than {feature!r}")
   if cfg.event_factorization != "chain":
-    return {}
+    return {}, ()
   needs = conditioning(feature, schema=schema, config=config)
-  missing, later = [n for n in needs if n not in given], [n for n in given if n not in needs]
-  if missing or later:
-    raise ValueError(f"score({feature!r}, given={sorted(given)}): under the chain order "
-                     f"{list(chain.event_order(schema, cfg))} {feature!r} is conditioned on exactly {list(needs)}"
-                     f"{'; missing ' + str(missing) if missing else ''}"
-                     f"{'; ' + str(later) + ' come after it' if later else ''}: give those, or set "
+  missing, later = tuple(n for n in needs if n not in given), [n for n in given if n not in needs]
+  order = f"under the chain order {list(chain.event_order(schema, cfg))}"
+  if later:
+    raise ValueError(f"score({feature!r}, given={sorted(given)}): {order} {later} come after it; set "
                      f"config.model.event_order so that the given features come first")
-  return {n: given[n] for n in needs}
+  sampled = [n for n in missing if schema[n].sampled]
+  combos = int(np.prod([schema[n].vocab_size - 1 for n in missing]))
+  if sampled or combos > MAX_SUMMED_OUT:
+    raise ValueError(f"score({feature!r}, given={sorted(given)}): {order} {feature!r} is conditioned on "
+                     f"{list(needs)}; {sampled or missing} cannot be summed out exactly "
+                     f"({'sampled features' if sampled else f'{combos} combinations > {MAX_SUMMED_OUT}'}): give them")
+  return {n: given[n] for n in needs if n in given}, missing
 
 
-def score(params, batch, feature: str, candidates: jax.Array, *, schema: features.Schema, config,
-          given: dict | None = None, vocab_chunk: int = 4096) -> jax.Array:
-  """log p(next event's `feature` = c | history[, given]) for candidate ids c: candidates [n] or [b, n] -> [b, n].
-
-  `given` ({feature: [b] ids} of the next event): under "chain", the values of every feature before `feature`
-  in `event_order` (e.g. ad ids given event type = click); under "independent" it changes nothing (the model's
-  features are independent given the history). Exact: normalized over the whole vocabulary (in `vocab_chunk`
-  chunks for sampled features, so a 1M-id vocabulary costs O(b · chunk) memory)."""
-  spec = schema[feature]
-  given = _check_given(schema, config, feature, given or {})
-  last, _ = _forward(params, batch, schema, config, at=_last_index(batch), given=given)  # heads at the last event
-  cand = jnp.asarray(candidates, jnp.int32)
+def _log_probs(params, last, spec: features.FeatureSpec, cand: jax.Array, vocab_chunk: int) -> jax.Array:
+  """log p of candidate ids ([n] or [b, n]) from the heads at one position (`last`, [b, 1, ...]) -> [b, n]."""
   if not spec.sampled:
     logp = jax.nn.log_softmax(last[spec.name][:, 0], axis=-1)  # [b, v]
     return jnp.take_along_axis(logp, jnp.broadcast_to(cand, (logp.shape[0],) + cand.shape[-1:]), axis=1)
@@ -221,6 +219,42 @@ def score(params, batch, feature: str, candidates: jax.Array, *, schema: feature
         jax.tree.map(lambda x: x[:, None], last), cand)
   logits = jnp.where((cand > features.PAD_ID) & (cand < spec.vocab_size), logits, -jnp.inf)
   return logits - log_z[:, None]
+
+
+def score(params, batch, feature: str, candidates: jax.Array, *, schema: features.Schema, config,
+          given: dict | None = None, vocab_chunk: int = 4096) -> jax.Array:
+  """log p(next event's `feature` = c | history[, given]) for candidate ids c: candidates [n] or [b, n] -> [b, n].
+
+  `given` ({feature: [b] ids} of the next event) conditions on some of the event's other features (e.g. ad ids
+  given event type = click). Under "chain" these are features before `feature` in `event_order`; the ones
+  before it that are not given are summed out exactly (softmax features, at most MAX_SUMMED_OUT combinations:
+  one pass of the heads per combination), so without `given` this is the marginal p(feature = c | history)
+  under both factorizations. Under "independent" `given` changes nothing (the model's features are independent
+  given the history). Exact: normalized over the whole vocabulary (in `vocab_chunk` chunks for sampled
+  features, so a 1M-id vocabulary costs O(b · chunk) memory)."""
+  spec = schema[feature]
+  given, missing = _check_given(schema, config, feature, given or {})
+  cand = jnp.asarray(candidates, jnp.int32)
+  at = _last_index(batch)
+  last, hidden = _forward(params, batch, schema, config, at=at, given=given)  # heads at the last event
+  if not missing:
+    return _log_probs(params, last, spec, cand, vocab_chunk)
+  # Sum out the missing earlier values m: p(c | h, g) = Σ_m p(m, g | h) p(c | h, m, g) / Σ_m p(m, g | h), each
+  # p(m, g | h) the product of the chain factors of the conditioning features, one heads pass per m.
+  needs = conditioning(feature, schema=schema, config=config)
+  grid = np.stack(np.meshgrid(*[np.arange(1, schema[n].vocab_size) for n in missing], indexing="ij"), -1)
+  rows = at.shape[0]
+
+  def one(values):  # [len(missing)] -> ([b] log p(m, g | h), [b, n] log p(c | h, m, g))
+    full = {**given, **{n: jnp.full((rows,), values[i], jnp.int32) for i, n in enumerate(missing)}}
+    heads, _ = _forward(params, batch, schema, config, at=at, given=full, hidden=hidden)
+    prior = sum(_log_probs(params, heads, schema[n], jnp.asarray(full[n]).reshape(rows, 1), vocab_chunk)[:, 0]
+                for n in needs)
+    return prior, _log_probs(params, heads, spec, cand, vocab_chunk)
+
+  prior, cond = jax.lax.map(one, jnp.asarray(grid.reshape(-1, len(missing)), jnp.int32))  # [m, b], [m, b, n]
+  joint = jax.nn.logsumexp(prior[:, :, None] + cond, axis=0)  # [b, n]
+  return joint - jax.nn.logsumexp(prior, axis=0)[:, None]
 
 
 def _sample_feature(rng, logits, temperature: float, top_k: int):

@@ -1,12 +1,12 @@
-"""`gpt-ads-export --workdir=DIR --out=FILE [--feature=NAME] [--pooling=last|mean] [--length=T]`.
+"""`gpt-ads-export --workdir=DIR --out=FILE [--feature=NAME] [--given=F,...] [--pooling=last|mean] [--length=T]`.
 
 Serializes the trained model's `embed` and `score` (gpt_ads.api) with `jax.export`, parameters baked in and the
 batch size symbolic, into one zip file that needs no gpt_ads (nor Flax) to run — only jax:
 
     embed.bin   batch -> user vectors [b, d]
-    score.bin   (candidates [n], batch[, given]) -> log p(next `feature` = candidate) [b, n]; under the "chain"
-                factorization it also takes the next event's values [b] of the features `feature` is
-                conditioned on (meta "given", in that order; `api.conditioning`)
+    score.bin   (candidates [n], batch[, given]) -> log p(next `feature` = candidate) [b, n]: `api.score`; with
+                `--given` (a "chain" run) it also takes the next event's values [b] of those features, in
+                that order (meta "given"); without, they are summed out as `api.score` does
     meta.json   input names and order, length T, feature scored, the given features, pooling, the schema
 
     exported = gpt_ads.export.read(FILE)          # or: jax.export.deserialize(zip member bytes)
@@ -27,12 +27,15 @@ def _define_flags() -> None:
   flags.DEFINE_string("workdir", None, "A gpt-ads-train run directory (its latest checkpoint is exported).")
   flags.DEFINE_string("out", None, "Output file (a zip: embed.bin, score.bin, meta.json).")
   flags.DEFINE_string("feature", None, "Feature `score` ranks (default: the first sampled_softmax feature).")
+  flags.DEFINE_list("given", [], "Features of the next event whose values `score` takes as inputs, after the batch "
+                    "(api.score(given=); a chain run's features before --feature).")
   flags.DEFINE_enum("pooling", "last", ["last", "mean"], "User-vector pooling of `embed`.")
   flags.DEFINE_integer("length", 0, "Events per row of the exported inputs (0 = the run's model.max_len).")
   flags.mark_flags_as_required(["workdir", "out"])
 
 
-def export(workdir: str, out: str, *, feature: str | None = None, pooling: str = "last", length: int = 0) -> dict:
+def export(workdir: str, out: str, *, feature: str | None = None, given: list[str] | tuple = (), pooling: str = "last",
+           length: int = 0) -> dict:
   """Writes the artifact; returns its meta."""
   import jax
   import numpy as np
@@ -54,10 +57,16 @@ def export(workdir: str, out: str, *, feature: str | None = None, pooling: str =
 
   embed = jax.jit(lambda *arrays: api.embed(params, as_batch(arrays), schema=schema, config=config,
                                             pooling=pooling))
-  given = list(api.conditioning(feature, schema=schema, config=config))
+  given = list(given)
+  names = [f.name for f in schema]
+  if set(given) - set(names):
+    raise ValueError(f"--given={','.join(given)}: {sorted(set(given) - set(names))} are not in the run's schema {names}")
   score = jax.jit(lambda cands, *arrays: api.score(
       params, as_batch(arrays[:len(inputs)]), feature, cands, schema=schema, config=config,
       given=dict(zip(given, arrays[len(inputs):]))))
+  api.score(params, api.make_batch(schema, {n: [[2]] for n in names}, length=length), feature,
+            np.array([2], np.int32), schema=schema, config=config,
+            given={g: np.array([2], np.int32) for g in given})  # a bad --given fails here, with api's message
   exported_embed = jax.export.export(embed)(*[row] * len(inputs))
   exported_score = jax.export.export(score)(jax.ShapeDtypeStruct((n,), np.int32), *[row] * len(inputs),
                                             *[jax.ShapeDtypeStruct((b,), np.int32)] * len(given))
@@ -90,7 +99,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   try:
-    meta = export(FLAGS.workdir, FLAGS.out, feature=FLAGS.feature, pooling=FLAGS.pooling, length=FLAGS.length)
+    meta = export(FLAGS.workdir, FLAGS.out, feature=FLAGS.feature, given=FLAGS.given, pooling=FLAGS.pooling,
+                  length=FLAGS.length)
   except ValueError as e:
     print(f"gpt-ads-export: error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -166,8 +166,21 @@ def test_score_given_is_the_factor_and_sample_draws_in_order():
   other = api.score(params, batch, "ad_id", cands, given={**given, "device": jnp.array([3, 2, 3])}, schema=schema,
                     config=config)
   assert float(jnp.max(jnp.abs(other - logp)[:, 1:])) > 1e-3  # the given values matter
-  with pytest.raises(ValueError, match=r"missing \['event_type'\]"):
-    api.score(params, batch, "ad_id", cands, given={"device": given["device"]}, schema=schema, config=config)
+  # What is not given is summed out exactly: p(ad | h, device) = Σ_e p(e | h, device) p(ad | h, device, e).
+  part = api.score(params, batch, "ad_id", cands, given={"device": given["device"]}, schema=schema, config=config)
+  types = jnp.arange(1, schema["event_type"].vocab_size)
+  p_type = api.score(params, batch, "event_type", types, given={"device": given["device"]}, schema=schema,
+                     config=config)  # [3, types]
+  by_type = jnp.stack([api.score(params, batch, "ad_id", cands, given={"device": given["device"],
+                                                                        "event_type": jnp.full((3,), e)},
+                                 schema=schema, config=config) for e in np.asarray(types)], axis=1)  # [3, types, v]
+  assert_close(part[:, 1:], jax.scipy.special.logsumexp(p_type[:, :, None] + by_type, axis=1)[:, 1:],
+               scale_tol=1e-5)
+  marginal = api.score(params, batch, "ad_id", cands, schema=schema, config=config)  # device and type summed out
+  np.testing.assert_allclose(jax.scipy.special.logsumexp(marginal[:, 1:], axis=-1), 0.0, atol=1e-5)
+  assert float(jnp.max(jnp.abs(marginal - part)[:, 1:])) > 1e-3
+  with pytest.raises(ValueError, match=r"\['ad_id'\] cannot be summed out exactly \(sampled"):
+    api.score(params, batch, "time_gap", jnp.arange(3), given=given, schema=schema, config=config)
   with pytest.raises(ValueError, match="come after it"):
     api.score(params, batch, "device", cands[:3], given={"ad_id": cands[:3]}, schema=schema, config=config)
   # Greedy sampling is the chain's greedy decoding: each feature the argmax given the values drawn before it.
@@ -205,8 +218,9 @@ def test_chain_run_reports_the_joint(chain_run):
 def test_export_takes_the_given_values(chain_run, tmp_path):
   workdir, _ = chain_run
   out = str(tmp_path / "chain.zip")
-  proc = subprocess.run([sys.executable, "-m", "gpt_ads.export", f"--workdir={workdir}", f"--out={out}"], cwd=ROOT,
-                        capture_output=True, text=True, timeout=600, env=subprocess_env())
+  proc = subprocess.run([sys.executable, "-m", "gpt_ads.export", f"--workdir={workdir}", f"--out={out}",
+                         "--given=device,event_type"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                        env=subprocess_env())
   assert proc.returncode == 0, proc.stderr[-3000:]
   from gpt_ads import export
   art = export.read(out)
@@ -220,3 +234,7 @@ def test_export_takes_the_given_values(chain_run, tmp_path):
   got = art["score"].call(cands, *[jnp.asarray(batch[k]) for k in art["meta"]["inputs"]],
                           *[given[g] for g in art["meta"]["given"]])
   assert_close(got, api.score(params, batch, "ad_id", cands, given=given, schema=schema, config=config))
+  bad = subprocess.run([sys.executable, "-m", "gpt_ads.export", f"--workdir={workdir}", f"--out={out}x",
+                        "--feature=device", "--given=ad_id"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600, env=subprocess_env())
+  assert bad.returncode == 2 and "come after it" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
