@@ -34,7 +34,8 @@ class ModelConfig:
     backbone: "transformer" (Decoder) or "lstm" (RecurrentDecoder; num_heads and mlp_dim are then unused).
     event_factorization: "independent" (the study's: an event's features independent given the history) or
       "chain" (the chain rule over `event_order`: the exact joint; gpt_ads.model.chain).
-    event_order: the chain's order, comma-separated feature names; unnamed features follow in schema order.
+    event_order: the chain's order, comma-separated feature names; the unnamed follow, sampled features first
+      (gpt_ads.model.chain.event_order).
   """
   d_model: int = 128
   num_layers: int = 4
