@@ -62,8 +62,9 @@ def main(argv):
   if jax.process_index() == 0:
     line = f"test_loss={result['test_loss']:.4f} nats/event"
     if "gap_closed" in result:
-      line += (f"  bayes_factorized={result['bayes_factorized_loss']:.4f}  unigram={result['unigram_loss']:.4f}"
-               f"  gap_closed={result['gap_closed']:.3f}")
+      line += (f"  bayes_factorized={result['bayes_factorized_loss']:.4f}  bayes_joint={result['bayes_joint_loss']:.4f}"
+               f"  unigram={result['unigram_loss']:.4f}  gap_closed={result['gap_closed']:.3f}"
+               f"  gap_closed_joint={result['gap_closed_joint']:.3f}  ({result['event_factorization']})")
     print(line)
 
 

@@ -12,7 +12,8 @@ Four parts, all with the demo recipe (batch 64, lr 2e-3, cosine) and the same ge
             compute.
 
 Argument keys: steps (per size / data run, default 600), users (training users, default 100000), budget (FLOPs of
-each compute run, default 3e12).
+each compute run, default 3e12), factorization (model.event_factorization; default "independent", the study's
+objective, which the parameter counts below are for; "chain" for the exact joint).
 """
 
 from gpt_ads import config_lib
@@ -47,8 +48,9 @@ def _runs(names, *, prefix="", **overrides) -> list[dict]:
 
 
 def get_sweep(arg=None):
-  arg = config_lib.parse_arg(arg, steps=600, users=100_000, budget=3e12)
-  common = {"train.num_steps": arg.steps, "train.eval_every": 0, "data.num_train_users": arg.users}
+  arg = config_lib.parse_arg(arg, steps=600, users=100_000, budget=3e12, factorization="independent")
+  common = {"train.num_steps": arg.steps, "train.eval_every": 0, "data.num_train_users": arg.users,
+            "model.event_factorization": arg.factorization}
   runs = _runs(LADDER, **common)
   runs += _runs(LSTM, prefix="lstm_", **common, **{"model.backbone": "lstm"})
   for frac in (10, 30):
