@@ -37,7 +37,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   size = config_lib.MODEL_SIZES[arg.size] if arg.size else dict(d_model=64, num_layers=2, num_heads=2, mlp_dim=256)
   c.model = ml_collections.ConfigDict(dict(
       **size, max_len=200, dropout=0.2, dtype="float32", combine="sum", remat="none", scan_layers=False,
-      vocab_pad_multiple=128, backbone="transformer", event_factorization="independent", event_order=""))
+      vocab_pad_multiple=128, backbone="transformer",
+      # "chain" (features=multi): the item first, so ranking items needs no sum over the genre or the context.
+      event_factorization="independent", event_order="item"))
 
   c.data = ml_collections.ConfigDict()
   c.data.dir = ""  # required: the prepared ml-1m data set

@@ -34,8 +34,9 @@ def event_order(schema: features_lib.Schema, cfg: ModelConfig) -> tuple[str, ...
   order, then the others: sampled (high-cardinality id) features, then softmax ones, each in schema order.
 
   Why ids first by default: ranking the next event's ad then needs no sum over the other features
-  (`api.score`), an id often determines much of the rest of its event (campaign, advertiser, placement), and
-  it measured best of the orders tried on the generated data (BUILD_NOTES "Event factorization")."""
+  (`api.score`), and an id often determines much of the rest of its event (campaign, advertiser, placement). On
+  the generated data it is 0.011 nats per event behind the best order tried, low-cardinality features first
+  (BUILD_NOTES "Event factorization")."""
   named = tuple(n.strip() for n in cfg.event_order.split(",") if n.strip())
   unknown = [n for n in named if n not in schema.names]
   if unknown or len(set(named)) != len(named):
