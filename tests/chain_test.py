@@ -157,6 +157,7 @@ def test_score_given_is_the_factor_and_sample_draws_in_order():
   # The same factor, teacher-forced: put the given values (and any ad) in the next event and read apply().
   forced = {k: np.array(v) for k, v in batch.items()}
   rows, last = np.arange(3), np.array(lengths) - 1
+  forced["segment_ids"][rows, last + 1] = 1  # event last + 1 exists (and causal: nothing before it changes)
   for name, ids in given.items():
     forced[name][rows, last + 1] = np.asarray(ids)
   full, _ = api.apply(params, forced, schema=schema, config=config)
@@ -193,20 +194,9 @@ def test_score_given_is_the_factor_and_sample_draws_in_order():
     sofar[name] = jnp.asarray(drawn[name])
 
 
-@pytest.fixture(scope="module")
-def chain_run(tmp_path_factory):
-  """A tiny chain run through the trainer: packed rows on 8 devices, row-sparse ad_id updates."""
-  from gpt_ads import train
-  workdir = str(tmp_path_factory.mktemp("chain_run"))
-  result = train.train_and_evaluate(_api_config(**{
-      "model.max_len": 16, "train.num_steps": 20, "train.eval_every": 0, "train.checkpoint_every": 20,
-      "train.sparse_update_min_vocab": 100, "train.learning_rate": 3e-3}), workdir)
-  return workdir, result
-
-
 def test_chain_run_reports_the_joint(chain_run):
-  workdir, result = chain_run
-  saved = json.load(open(os.path.join(workdir, "eval.json")))
+  """The default config trains the chain (conftest's chain_run, by the command line)."""
+  saved = json.load(open(os.path.join(chain_run, "eval.json")))
   assert saved["event_factorization"] == "chain"
   gap = (saved["unigram_loss"] - saved["test_loss"]) / (saved["unigram_loss"] - saved["bayes_joint_loss"])
   assert abs(saved["gap_closed_joint"] - gap) < 1e-12
@@ -214,25 +204,39 @@ def test_chain_run_reports_the_joint(chain_run):
 
 
 def test_export_takes_the_given_values(chain_run, tmp_path):
-  workdir, _ = chain_run
-  out = str(tmp_path / "chain.zip")
-  proc = subprocess.run([sys.executable, "-m", "gpt_ads.export", f"--workdir={workdir}", f"--out={out}",
-                         "--given=device,event_type"], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                        env=subprocess_env())
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  from gpt_ads import export
-  art = export.read(out)
-  assert art["meta"]["given"] == ["device", "event_type"]
+  """Default order: ad_id, then device, event_type, time_gap. The exported event_type score takes the next
+  event's ad and device; without --given the exported ad_id score keeps its signature."""
+  workdir = chain_run
   params, schema, config = api.load(workdir)
+  assert api.conditioning("event_type", schema=schema, config=config) == ("ad_id", "device")
+  from gpt_ads import export
   rng = np.random.default_rng(1)
   events = {f.name: [rng.integers(2, f.vocab_size, n).tolist() for n in (4, 7)] for f in schema}
-  batch = api.make_batch(schema, events, length=art["meta"]["length"])
-  given = {"device": jnp.array([2, 3], jnp.int32), "event_type": jnp.array([4, 2], jnp.int32)}
-  cands = jnp.array([7, 2, 3, 100], jnp.int32)
-  got = art["score"].call(cands, *[jnp.asarray(batch[k]) for k in art["meta"]["inputs"]],
-                          *[given[g] for g in art["meta"]["given"]])
-  assert_close(got, api.score(params, batch, "ad_id", cands, given=given, schema=schema, config=config))
+  given = {"ad_id": jnp.array([7, 30], jnp.int32), "device": jnp.array([2, 3], jnp.int32)}
+  for feature, names, cands in (("event_type", ["ad_id", "device"], jnp.array([2, 3, 4], jnp.int32)),
+                                ("ad_id", [], jnp.array([7, 2, 3, 100], jnp.int32))):
+    out = str(tmp_path / f"{feature}.zip")
+    proc = subprocess.run([sys.executable, "-m", "gpt_ads.export", f"--workdir={workdir}", f"--out={out}",
+                           f"--feature={feature}", f"--given={','.join(names)}"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env=subprocess_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    art = export.read(out)
+    assert art["meta"]["given"] == names
+    batch = api.make_batch(schema, events, length=art["meta"]["length"])
+    got = art["score"].call(cands, *[jnp.asarray(batch[k]) for k in art["meta"]["inputs"]],
+                            *[given[g] for g in names])
+    assert_close(got, api.score(params, batch, feature, cands, given={g: given[g] for g in names}, schema=schema,
+                                config=config))
   bad = subprocess.run([sys.executable, "-m", "gpt_ads.export", f"--workdir={workdir}", f"--out={out}x",
-                        "--feature=device", "--given=ad_id"], cwd=ROOT, capture_output=True, text=True,
+                        "--feature=ad_id", "--given=device"], cwd=ROOT, capture_output=True, text=True,
                        timeout=600, env=subprocess_env())
   assert bad.returncode == 2 and "come after it" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+
+
+def test_downstream_runs_on_a_chain_run(chain_run):
+  proc = subprocess.run([sys.executable, "-m", "gpt_ads.downstream", f"--workdir={chain_run}", "--label=converted",
+                         "--task=probe"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                        env=subprocess_env())
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.load(open(os.path.join(chain_run, "downstream", "converted_probe.json")))
+  assert 0.0 <= result["auc"] <= 1.0

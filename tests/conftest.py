@@ -65,20 +65,35 @@ def subprocess_env(**extra) -> dict:
           **extra}
 
 
-# The trained_run command's overrides (tests/fault_test.py reruns the same command, interrupted).
-TRAINED_RUN = {"train.num_steps": 30, "train.eval_every": 0, "schema.features.ad_id.copy_lags": 2}
+# The trained_run command's overrides (tests/fault_test.py reruns the same command, interrupted). The study's
+# independent factorization, whose heads the API tests recompute by hand; chain_run is the default's.
+TRAINED_RUN = {"train.num_steps": 30, "train.eval_every": 0, "schema.features.ad_id.copy_lags": 2,
+               "model.event_factorization": "independent"}
+CHAIN_RUN = {"train.num_steps": 20, "train.eval_every": 0, "train.checkpoint_every": 20,
+             "train.sparse_update_min_vocab": 100, "train.learning_rate": 3e-3}
+
+
+def _cli_run(tmp_path_factory, name: str, overrides: dict) -> str:
+  """Trains the tiny config with `overrides` by the command line, as a user would; returns the workdir."""
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  workdir = str(tmp_path_factory.mktemp(name))
+  proc = subprocess.run([sys.executable, "-m", "gpt_ads.main", *tiny_flags(**overrides), f"--workdir={workdir}"],
+                        cwd=root, capture_output=True, text=True, timeout=600, env=subprocess_env())
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir
 
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
-  """A tiny run trained once by the command line (30 steps, ad_id copy term over 2 lags), shared by the tests of
-  what comes after training (public API, export, downstream, README example) and, as the uninterrupted reference,
-  by the kill / resume test; returns its workdir."""
-  import subprocess
-  import sys
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  workdir = str(tmp_path_factory.mktemp("trained_run"))
-  proc = subprocess.run([sys.executable, "-m", "gpt_ads.main", *tiny_flags(**TRAINED_RUN), f"--workdir={workdir}"],
-                        cwd=root, capture_output=True, text=True, timeout=600, env=subprocess_env())
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return workdir
+  """A tiny run trained once by the command line (30 steps, ad_id copy term over 2 lags, independent heads),
+  shared by the tests of what comes after training (public API, export, downstream, README example) and, as
+  the uninterrupted reference, by the kill / resume test; returns its workdir."""
+  return _cli_run(tmp_path_factory, "trained_run", TRAINED_RUN)
+
+
+@pytest.fixture(scope="session")
+def chain_run(tmp_path_factory):
+  """A tiny run of the default (chain) factorization by the command line: packed rows, row-sparse ad_id."""
+  return _cli_run(tmp_path_factory, "chain_run", CHAIN_RUN)
