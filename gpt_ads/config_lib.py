@@ -60,8 +60,9 @@ MODEL_SIZES = {
     "xxl": dict(d_model=1024, num_layers=16, num_heads=16, mlp_dim=4096),  # 202,490,880
 }
 
-# Run recipes (steps, batch, learning rate, data size). "demo": the README's ≤ 10-minute CPU run (gap_closed
-# 0.961 in 7 min 21 s on 2 cores); "long": the ≤ 60-minute CPU run (gap_closed 0.972 in 30 minutes; README Results).
+# Run recipes (steps, batch, learning rate, data size). "demo": the README's ≤ 10-minute CPU run (chain:
+# gap_closed_joint 0.959 in 5 min on 2 cores); "long": the ≤ 60-minute CPU run (chain: gap_closed_joint 0.971 in
+# 36 minutes on shared cores; README Results).
 RUNS = {
     "demo": dict(size="small", num_steps=800, batch_size=64, learning_rate=2e-3, warmup_steps=100,
                  num_train_users=100_000),
