@@ -47,7 +47,8 @@ SHAPE_MODEL_KEYS = ("d_model", "num_layers", "num_heads", "mlp_dim", "max_len", 
 SHAPE_FEATURE_KEYS = ("vocab_size", "embed_dim", "loss", "tied", "copy_lags")
 
 # Named model sizes, with their non-embedding parameters (≈ 12 L d², plus norms, biases and head projections)
-# on the default schema; `tests/config_test.py` checks the range. nano..large run on a CPU; xl / xxl are the study's
+# on the default schema with the study's independent heads (the chain adds ≈ 3 x 3 d² for its inputs);
+# `tests/config_test.py` checks the range. nano..large run on a CPU; xl / xxl are the study's
 # 85M / 201M classes, for accelerators.
 MODEL_SIZES = {
     "nano": dict(d_model=24, num_layers=2, num_heads=2, mlp_dim=96),  # 14,760
