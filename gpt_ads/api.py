@@ -312,5 +312,5 @@ def sample(params, batch, rng: jax.Array, *, num_events: int, schema: features.S
   return out
 
 
-__all__ = ["FeatureSpec", "Schema", "apply", "conditioning", "embed", "init", "load", "make_batch", "run_data_dir", "sample",
-           "save_run_file", "score", "user_evidence"]
+__all__ = ["FeatureSpec", "Schema", "apply", "conditioning", "embed", "init", "load", "make_batch", "run_data_dir",
+           "sample", "save_run_file", "score", "user_evidence"]

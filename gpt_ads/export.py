@@ -60,7 +60,8 @@ def export(workdir: str, out: str, *, feature: str | None = None, given: list[st
   given = list(given)
   names = [f.name for f in schema]
   if set(given) - set(names):
-    raise ValueError(f"--given={','.join(given)}: {sorted(set(given) - set(names))} are not in the run's schema {names}")
+    raise ValueError(f"--given={','.join(given)}: {sorted(set(given) - set(names))} are not in the run's schema "
+                     f"{names}")
   score = jax.jit(lambda cands, *arrays: api.score(
       params, as_batch(arrays[:len(inputs)]), feature, cands, schema=schema, config=config,
       given=dict(zip(given, arrays[len(inputs):]))))

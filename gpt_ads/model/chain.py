@@ -1,4 +1,5 @@
-"""The event factorization (`config.model.event_factorization`, ModelConfig.FACTORIZATIONS): how the heads of one event's features depend on each other.
+"""The event factorization (`config.model.event_factorization`, one of config.FACTORIZATIONS): how the heads
+of one event's features depend on each other.
 
 - "independent" (the study's): every feature of event t + 1 is predicted from the hidden state h_t alone,
   p(X_{t+1} | X_<=t) = Π_j p(F_j | h_t). Cheapest; exact only when an event's features are independent given
@@ -11,10 +12,10 @@
   conditioned feature on [b, t, d].
 
 Which values condition the heads (`next_ids`): in training and evaluation the next event's own values, read
-from the batch one position on (teacher forcing; where there is no next event the values are PAD and nothing
-there is a target). Scoring or sampling at one position (`at`), the caller gives them (`api.score(given=)`,
-`api.sample` in order, value by value); a value not given is PAD, and the heads after it are then not
-meaningful.
+from the batch one position on (teacher forcing; where there is no next event of the same user the values are
+PAD, so a packed row gives each user exactly the outputs it gets alone, and nothing there is a target).
+Scoring or sampling at one position (`at`), the caller gives them (`api.score(given=)`, `api.sample` in order,
+value by value); a value not given is PAD, and the heads after it are then not meaningful.
 
 Einsum letters: b batch, t time, d model width, c the concatenated embedding widths of the earlier features.
 """
@@ -28,6 +29,7 @@ from gpt_ads.model import axes
 from gpt_ads.model.block import Mlp
 from gpt_ads.model.config import ModelConfig
 from gpt_ads.model.layers import Dense, RMSNorm
+
 
 def event_order(schema: features_lib.Schema, cfg: ModelConfig) -> tuple[str, ...]:
   """The order of the chain rule: the features named in `cfg.event_order` (comma-separated) first, in that
@@ -64,7 +66,8 @@ def next_event(x: jax.Array, fill: int) -> jax.Array:
 def next_ids(batch: dict[str, jax.Array], names, at: jax.Array | None = None,
              given: dict[str, jax.Array] | None = None) -> dict[str, jax.Array]:
   """{name: ids of the next event's value} for the features in `names`: [b, t] teacher-forced from `batch` one
-  position on (PAD where the next position is padding or another user); with `at` ([b] positions) [b, 1]: `given[name]` ([b] or [b, 1]) where given, else PAD."""
+  position on (PAD where the next position is padding or another user); with `at` ([b] positions) [b, 1]:
+  `given[name]` ([b] or [b, 1]) where given, else PAD."""
   if at is None:
     seg = batch["segment_ids"]
     next_seg = next_event(seg, 0)
