@@ -15,7 +15,8 @@ from numerics import assert_close
 
 
 def _model(**model_overrides):
-  c = tiny_config(**{f"model.{k}": v for k, v in model_overrides.items()})
+  c = tiny_config(**{"model.event_factorization": "chain",  # the default's heads
+                     **{f"model.{k}": v for k, v in model_overrides.items()}})
   schema = features.Schema.from_config(c.schema.features)
   return Model(schema, ModelConfig.from_config(c.model))
 
@@ -130,7 +131,7 @@ def test_bad_model_config_is_rejected():
 
 
 def test_copy_term_outputs():
-  c = tiny_config(**{"schema.features.ad_id.copy_lags": 2})
+  c = tiny_config(**{"schema.features.ad_id.copy_lags": 2, "model.event_factorization": "chain"})
   model = Model(features.Schema.from_config(c.schema.features), ModelConfig.from_config(c.model))
   params = model.init(jax.random.key(0), dummy_batch(model.schema, 1, model.cfg.max_len))["params"]
   batch = _random_batch(model.schema, 2, 8)

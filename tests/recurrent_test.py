@@ -17,7 +17,8 @@ from numerics import assert_close
 
 
 def _model(**model_overrides):
-  c = tiny_config(**{"model.backbone": "lstm", **{f"model.{k}": v for k, v in model_overrides.items()}})
+  c = tiny_config(**{"model.backbone": "lstm", "model.event_factorization": "chain",
+                     **{f"model.{k}": v for k, v in model_overrides.items()}})
   schema = features.Schema.from_config(c.schema.features)
   return Model(schema, ModelConfig.from_config(c.model))
 
