@@ -15,6 +15,11 @@ Per variant (`--variants`, default item then multi; configs/ml1m.py:features=<va
   2. early stopping on validation: every kept checkpoint (the last `keep_checkpoints`, `checkpoint_every` apart)
      is ranked on the validation targets and the best validation NDCG@10 is kept;
   3. that checkpoint is ranked on the test targets.
+`--minutes=M` gives every variant the same training wall budget instead of a step count: before any variant
+trains, each one runs a short probe (`--probe_steps` steps, the first one, which compiles, not timed) and its
+step count becomes M minutes over the measured seconds per step, so the comparison holds at equal CPU time on
+slower and faster hosts. The probe's figure and the budget are in each variant's JSON (`seconds_per_step`,
+`budget_minutes`).
 --out gets JSON: the first variant's figures at the top level (`test_ndcg@10`, `test_hr@10`, `val_ndcg@10`, ...,
 `wall_seconds` = its training + selection + test time, `best_step`) and every variant under `variants`.
 """
@@ -22,6 +27,7 @@ Per variant (`--variants`, default item then multi; configs/ml1m.py:features=<va
 import datetime
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -34,6 +40,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where the prepared data set, ru
 _OUT = flags.DEFINE_string("out", None, "JSON file of the results.")
 _VARIANTS = flags.DEFINE_list("variants", ["item", "multi"], "configs/ml1m.py feature sets, in report order.")
 _STEPS = flags.DEFINE_integer("steps", None, "Training steps (default: the config's).")
+_MINUTES = flags.DEFINE_float(
+    "minutes", None, "Training wall budget per variant, in minutes: the step count is set from a step time "
+    "measured by a probe of each variant (compilation, ranking and the probe itself not counted). Not with --steps.")
+_PROBE_STEPS = flags.DEFINE_integer("probe_steps", 60, "Steps of the --minutes probe (the first one is not timed).")
 _SET = flags.DEFINE_multi_string("set", [], "Config override KEY=VALUE (e.g. model.dropout=0.3), any number.")
 _MAX_USERS = flags.DEFINE_integer("max_users", None, "Rank only the first N users (smoke tests; default: all).")
 # One host device per core, rounded down to a power of two (at most 16) so that it divides the batch's rows.
@@ -50,9 +60,9 @@ def _log(line: str) -> None:
   print(f"[ml1m {datetime.datetime.now():%H:%M:%S}] {line}", flush=True)
 
 
-def _config(variant: str, data_dir: str):
+def _config(variant: str, data_dir: str, steps: int | None = None):
   from configs import ml1m
-  c = ml1m.get_config(f"features={variant}" + (f",steps={_STEPS.value}" if _STEPS.value else ""))
+  c = ml1m.get_config(f"features={variant}" + (f",steps={steps}" if steps else ""))
   c.data.dir = data_dir
   for item in _SET.value:
     key, _, value = item.partition("=")
@@ -67,10 +77,25 @@ def _config(variant: str, data_dir: str):
   return c
 
 
-def run_variant(variant: str, data_dir: str, workdir: str) -> dict:
+def seconds_per_step(variant: str, data_dir: str, workdir: str) -> float:
+  """A variant's measured training seconds per step: a `--probe_steps` run in WORKDIR/<variant>_probe, removed."""
+  from gpt_ads import train
+  config = _config(variant, data_dir, _PROBE_STEPS.value)
+  config.train.log_every = 10
+  run_dir = os.path.join(workdir, f"{variant}_probe")
+  shutil.rmtree(run_dir, ignore_errors=True)
+  result = train.train_and_evaluate(config, run_dir)
+  shutil.rmtree(run_dir)
+  seconds = result["train_seconds"] / (_PROBE_STEPS.value - 1)  # timed from the end of the first step
+  _log(f"{variant}: {seconds:.3f} s/step over a {_PROBE_STEPS.value}-step probe")
+  return seconds
+
+
+def run_variant(variant: str, data_dir: str, workdir: str, step_seconds: float | None = None) -> dict:
   from gpt_ads import api, checkpoint, retrieval, train
   from gpt_ads.data import store
-  config = _config(variant, data_dir)
+  steps = _STEPS.value if step_seconds is None else max(1, int(_MINUTES.value * 60 / step_seconds))
+  config = _config(variant, data_dir, steps)
   run_dir = os.path.join(workdir, variant)
   t0 = time.time()
   _log(f"{variant}: training {config.train.num_steps} steps in {run_dir}")
@@ -95,6 +120,8 @@ def run_variant(variant: str, data_dir: str, workdir: str) -> dict:
          "non_embedding_params": result["non_embedding_params"], "test_loss": result["test_loss"],
          "validation_by_step": {str(s): v for s, v in sorted(val.items())},
          "config": json.loads(config.to_json())}
+  if step_seconds is not None:
+    out.update(budget_minutes=_MINUTES.value, seconds_per_step=step_seconds)
   out.update({f"val_{k}": v for k, v in val[best].items() if k != "users"})
   out.update({f"test_{k}": v for k, v in test.items() if k != "users"})
   out["users"] = test["users"]
@@ -132,9 +159,14 @@ def main(argv):
     except ValueError:
       _log(f"preparing ml-1m from {_DATA_DIR.value} into {data}")
       movielens.build("ml-1m", _DATA_DIR.value, data, overwrite=True, log=_log)
+    if _MINUTES.value is not None and (_STEPS.value or _MINUTES.value <= 0 or _PROBE_STEPS.value < 2):
+      raise ValueError("--minutes: give a positive budget, --probe_steps >= 2, and no --steps")
+    step_seconds = {}
+    if _MINUTES.value is not None:  # all probes first, on the same quiet machine, before any variant trains
+      step_seconds = {v: seconds_per_step(v, data, _WORKDIR.value) for v in _VARIANTS.value}
     variants = {}
     for v in _VARIANTS.value:  # --out is rewritten after each variant: a long run's first result is not lost
-      variants[v] = run_variant(v, data, _WORKDIR.value)
+      variants[v] = run_variant(v, data, _WORKDIR.value, step_seconds.get(v))
       _write(variants)
   except (ValueError, OSError) as e:
     print(f"benchmarks/ml1m.py: error: {' '.join(str(e).split())}", file=sys.stderr)
