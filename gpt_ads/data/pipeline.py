@@ -2,7 +2,7 @@
 
 A batch is {feature: int32 [b, t], "segment_ids": int32 [b, t] (0 = padding), "positions": int32 [b, t]}.
 Its source is any random-access source of user records ({feature: int ids [n], ...}), in practice a split of a
-prepared data set (`store.Prepared.source`, a `tfds.data_source`).
+prepared data set (`store.Prepared.source`, a `store.SplitSource`).
 
 Training (endless):   per input shard s of S: source[s::S] -> shuffle(seed), reshuffled every epoch -> repeat ->
                       blocks of READ_BLOCK users read in one batched call -> a random window of at most max_len
