@@ -14,23 +14,8 @@ and the sequence length is L ~ Uniform{lo_s..hi_s}, independent of the events gi
 bots) use min_len..max_len, a bot kind may have its own range (`bot_length_ranges`). Labels: is_bot = (s is a
 bot segment); converted ~ Bernoulli(p_conv(s)) with p_conv ~ Beta(1, 3) for humans and 0 for bots.
 
-Bot kinds (`bot_kinds`: one comma-separated entry per bot segment, in segment order; a name may repeat). Every
-kind except `legacy` starts from a fresh human-like draw of all the segment's parameters (the humans'
-Dirichlet / uniform distributions) and then replaces what its name says:
-  legacy          the original bots (what "" gives): gap rows Dirichlet(bot_gap_concentration), categories
-                  Dirichlet(bot_category_concentration), repeats + bot_repeat_boost (clipped to 0.95)
-  regular         automation regular in time: gap rows Dirichlet(bot_gap_concentration) (near-deterministic)
-  indiscriminate  ads close to uniform over ALL ads: b_s(a) = u / A + (1 - u) p_c(s)[cat(a)] q(a | cat(a)) with
-                  u = indiscriminate_uniform (p_c(s) then holds b_s's category marginal); few repeats:
-                  r_s ~ U(0, repeat_low / 2)
-  clicker         click-heavy: p0_e(s) and every row of T_s are click_mass * onehot(CLICK_TYPE) + (1 - click_mass)
-                  * (the human-like row); moderately regular gaps: Dirichlet(sqrt(gap_conc * bot_gap_conc))
-  mimic           the subtle kind: copies a human segment h (the i-th mimic copies the i-th most populous human)
-                  and mixes each parameter row with a fresh row drawn around it, at weight w = mimic_strength:
-                  row = (1 - w) row_h + w Dirichlet(mimic_concentration * row_h) (p0_e, T, p_c, p_d, p_g; and
-                  r = (1 - w) r_h + w U(repeat_low, repeat_high)), so every probability is within w of the
-                  human's (total variation <= w per row) and the fresh mass stays where the human's is (a fresh
-                  Dirichlet(1) row would put mass on ads the human never sees: an easy tell)
+Bot kinds (`bot_kinds`: one comma-separated entry per bot segment, in segment order): legacy, regular,
+indiscriminate, clicker and mimic; what each one redraws is described in gpt_ads.data.bot_kinds.
 
 Random streams: the segment prior (humans share 1 - bot_fraction and bots share bot_fraction; within each
 group the shares are a Dirichlet(5) draw), p_conv and the parameters of every segment as a `legacy` process
@@ -49,20 +34,20 @@ p_conversion. Configs stored before `bot_kinds` existed (no such key) rebuild th
 from __future__ import annotations
 
 import dataclasses
+import difflib
 
 import ml_collections
 import numpy as np
 
+from gpt_ads.data import bot_kinds
+from gpt_ads.data.bot_kinds import BOT_KINDS, CLICK_TYPE, bot_kind_list
+from gpt_ads.data.draws import Categorical, dirichlet
 from gpt_ads.features import NUM_RESERVED, PAD_ID
 
-FEATURE_NAMES = ("event_type", "ad_id", "device", "time_gap")
-BOT_KINDS = ("legacy", "regular", "indiscriminate", "clicker", "mimic")
-CLICK_TYPE = 1  # the event type (0-based) that `clicker` bots favour
+__all__ = ["BOT_KINDS", "CLICK_TYPE", "FEATURE_NAMES", "BayesScores", "Process", "Users", "bot_kind_list",
+           "default_config", "predicted_mask", "reference_losses", "unigram_nll", "value_counts"]
 
-_FLOOR = 1e-12  # keeps every Dirichlet draw strictly positive, so no observed event has zero likelihood
-# Keys added with the bot kinds, and the values that rebuild the original process from a config without them.
-_ADDED_KEYS = {"bot_kinds": "", "bot_length_ranges": "", "mimic_strength": 0.15, "click_mass": 0.8,
-               "indiscriminate_uniform": 0.9, "mimic_concentration": 5.0}
+FEATURE_NAMES = ("event_type", "ad_id", "device", "time_gap")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -99,28 +84,6 @@ def default_config() -> ml_collections.ConfigDict:
   c.min_len = 8
   c.max_len = 64
   return c
-
-
-def _get(cfg: ml_collections.ConfigDict, key: str):
-  return cfg.get(key, _ADDED_KEYS[key])
-
-
-def bot_kind_list(cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """The kind of each bot segment, in segment order (`bot_kinds` split at commas; "" = every one `legacy`)."""
-  kinds = tuple(k.strip() for k in str(_get(cfg, "bot_kinds")).split(",") if k.strip())
-  return kinds or ("legacy",) * int(cfg.num_bot_segments)
-
-
-def _length_ranges(cfg: ml_collections.ConfigDict) -> dict[str, tuple[int, int]]:
-  """`bot_length_ranges` parsed: kind -> (lo, hi) before clipping into [min_len, max_len]."""
-  out = {}
-  for entry in filter(None, (x.strip() for x in str(_get(cfg, "bot_length_ranges")).split(","))):
-    kind, _, span = entry.partition(":")
-    lo, _, hi = span.partition("-")
-    if kind.strip() not in BOT_KINDS or not lo.strip().isdigit() or not hi.strip().isdigit() or int(lo) > int(hi):
-      raise ValueError(f"bot_length_ranges entry {entry!r}: want 'kind:lo-hi' with lo <= hi and kind in {BOT_KINDS}")
-    out[kind.strip()] = (int(lo), int(hi))
-  return out
 
 
 @dataclasses.dataclass
@@ -160,31 +123,14 @@ class BayesScores:
   p_kind: np.ndarray                     # float64 [n, num_kinds]: P(bot of kind j | whole sequence, L)
 
 
-class _Categorical:
-  """Vectorized draws from the rows of a probability table [R, V] (one searchsorted over offset CDFs)."""
-
-  def __init__(self, probs: np.ndarray):
-    probs = np.asarray(probs, np.float64).reshape(-1, probs.shape[-1])  # [R, V]
-    cdf = np.cumsum(probs, axis=-1)
-    cdf /= cdf[:, -1:]
-    self.num_values = probs.shape[1]
-    self.flat = (cdf + np.arange(len(cdf))[:, None]).ravel()  # [R * V], monotone
-
-  def draw(self, rng: np.random.Generator, rows: np.ndarray) -> np.ndarray:
-    """One value per entry of `rows` (row indices [n]) -> int64 [n] in [0, V)."""
-    u = rows + rng.random(len(rows))
-    idx = np.searchsorted(self.flat, u, side="right") - rows * self.num_values
-    return np.clip(idx, 0, self.num_values - 1)
-
-
-def _dirichlet(rng: np.random.Generator, alpha: float, dim: int, size: tuple[int, ...] = ()) -> np.ndarray:
-  """Dirichlet(alpha * 1_dim) draws [*size, dim], floored at _FLOOR and renormalized."""
-  p = rng.dirichlet(np.full(dim, alpha), size=size) if size else rng.dirichlet(np.full(dim, alpha))
-  p = np.maximum(p, _FLOOR)
-  return p / p.sum(-1, keepdims=True)
-
-
 def _validate(cfg: ml_collections.ConfigDict) -> None:
+  known = default_config().keys()
+  unknown = [k for k in cfg.keys() if k not in known]
+  if unknown:  # the generator owns its keys: gpt_ads.config_lib checks every other section
+    close = difflib.get_close_matches(unknown[0], known, n=1)
+    raise ValueError(f"unknown config key(s) {', '.join('config.data.synthetic.' + k for k in unknown)}"
+                     + (f" (did you mean config.data.synthetic.{close[0]}?)" if close else "")
+                     + "; remove them (a new key must also be added to gpt_ads.data.synthetic.default_config)")
   if not 0 <= cfg.num_bot_segments < cfg.num_segments:
     raise ValueError("need 0 <= num_bot_segments < num_segments (at least one human segment)")
   if cfg.num_bot_segments and not 0 < cfg.bot_fraction < 1:
@@ -195,20 +141,7 @@ def _validate(cfg: ml_collections.ConfigDict) -> None:
     raise ValueError("need 1 <= min_len <= max_len")
   if not 0 <= cfg.repeat_low <= cfg.repeat_high <= 1 or not 0 <= cfg.device_stickiness <= 1:
     raise ValueError("repeat_low <= repeat_high and device_stickiness must be probabilities")
-  kinds = bot_kind_list(cfg)
-  if len(kinds) != cfg.num_bot_segments:
-    raise ValueError(f"bot_kinds={_get(cfg, 'bot_kinds')!r} names {len(kinds)} bot segments but num_bot_segments="
-                     f"{cfg.num_bot_segments}: give one kind per bot segment (or bot_kinds='' for all legacy)")
-  if set(kinds) - set(BOT_KINDS):
-    raise ValueError(f"bot_kinds: unknown kinds {sorted(set(kinds) - set(BOT_KINDS))}; known: {BOT_KINDS}")
-  if "clicker" in kinds and cfg.num_event_types <= CLICK_TYPE:
-    raise ValueError(f"clicker bots need num_event_types > {CLICK_TYPE} (event type {CLICK_TYPE} is the click)")
-  for key in ("mimic_strength", "click_mass", "indiscriminate_uniform"):
-    if not 0 <= _get(cfg, key) <= 1:
-      raise ValueError(f"{key} must be in [0, 1]")
-  if not _get(cfg, "mimic_concentration") > 0:
-    raise ValueError("mimic_concentration must be > 0")
-  _length_ranges(cfg)
+  bot_kinds.validate(cfg)
 
 
 class Process:
@@ -254,7 +187,7 @@ class Process:
     self.bot_kind_names = tuple(dict.fromkeys(kinds))
     self.segment_kind = np.concatenate([np.full(k - b, -1), [self.bot_kind_names.index(x) for x in kinds]])
     self.segment_kind = self.segment_kind.astype(np.int64)  # [K]
-    ranges = _length_ranges(self.cfg)
+    ranges = bot_kinds.length_ranges(self.cfg)
     lo, hi = np.full(k, self.cfg.min_len), np.full(k, self.cfg.max_len)
     for s in range(k - b, k):
       lo[s], hi[s] = np.clip(ranges.get(kinds[s - (k - b)], (lo[s], hi[s])), self.cfg.min_len, self.cfg.max_len)
@@ -262,8 +195,8 @@ class Process:
 
   def _draw_events(self, rng: np.random.Generator) -> None:
     k, e = self.cfg.num_segments, self.cfg.num_event_types
-    self.p0_event = _dirichlet(rng, 1.0, e, (k,))                               # [K, E]
-    self.trans = _dirichlet(rng, self.cfg.event_concentration, e, (k, e))       # [K, E, E]
+    self.p0_event = dirichlet(rng, 1.0, e, (k,))                               # [K, E]
+    self.trans = dirichlet(rng, self.cfg.event_concentration, e, (k, e))       # [K, E, E]
 
   def _draw_ads(self, rng: np.random.Generator) -> None:
     cfg = self.cfg
@@ -274,7 +207,7 @@ class Process:
     cat_mass = np.bincount(self.ad_category, weights=self.ad_weight, minlength=c)  # [C]
     self.ad_q = self.ad_weight / cat_mass[self.ad_category]  # [A]
     conc = np.where(self.is_bot_segment, cfg.bot_category_concentration, cfg.category_concentration)
-    self.cat_pref = np.stack([_dirichlet(rng, conc[s], c) for s in range(k)])  # [K, C]
+    self.cat_pref = np.stack([dirichlet(rng, conc[s], c) for s in range(k)])  # [K, C]
     self.ad_base = self.cat_pref[:, self.ad_category] * self.ad_q[None, :]  # [K, A]
     repeat = rng.uniform(cfg.repeat_low, cfg.repeat_high, size=(k, cfg.num_event_types))  # [K, E]
     boost = np.where(self.is_bot_segment, cfg.bot_repeat_boost, 0.0)[:, None]
@@ -283,14 +216,14 @@ class Process:
   def _draw_devices_and_gaps(self, rng: np.random.Generator) -> None:
     cfg = self.cfg
     k, e, g = cfg.num_segments, cfg.num_event_types, cfg.num_gap_buckets
-    self.p_device = _dirichlet(rng, cfg.device_concentration, cfg.num_devices, (k,))  # [K, D]
+    self.p_device = dirichlet(rng, cfg.device_concentration, cfg.num_devices, (k,))  # [K, D]
     self.stickiness = float(cfg.device_stickiness)
-    human = _dirichlet(rng, cfg.gap_concentration, g, (k, e))
-    bots = _dirichlet(rng, cfg.bot_gap_concentration, g, (k, e))
+    human = dirichlet(rng, cfg.gap_concentration, g, (k, e))
+    bots = dirichlet(rng, cfg.bot_gap_concentration, g, (k, e))
     self.p_gap = np.where(self.is_bot_segment[:, None, None], bots, human)  # [K, E, G]
 
   def _draw_bot_kinds(self) -> None:
-    """Redraws every non-legacy bot segment's parameters as its kind says (module docstring), in place."""
+    """Redraws every non-legacy bot segment's parameters as its kind says (gpt_ads.data.bot_kinds), in place."""
     k = self.cfg.num_segments
     humans = np.flatnonzero(~self.is_bot_segment)
     by_size = humans[np.argsort(-self.prior[humans], kind="stable")]  # the i-th mimic copies by_size[i]
@@ -302,57 +235,12 @@ class Process:
       rng = np.random.default_rng([int(self.cfg.process_seed), 1, int(s)])
       if kind == "mimic":
         self.mimic_of[s] = by_size[np.sum(self.mimic_of >= 0) % len(by_size)]
-        params = self._mimic(rng, self.mimic_of[s])
+        human = {name: getattr(self, name)[self.mimic_of[s]] for name in (*bot_kinds.MIMIC_ROWS, "repeat")}
+        params = bot_kinds.mimic_params(rng, self.cfg, human, self.ad_category, self.ad_q)
       else:
-        params = self._kind_params(rng, kind)
+        params = bot_kinds.kind_params(rng, self.cfg, kind, self.ad_category, self.ad_q)
       for name, value in params.items():
         getattr(self, name)[s] = value
-
-  def _humanlike(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """One segment's parameters drawn as a human segment's (fresh-ad distribution in the original ad order)."""
-    cfg = self.cfg
-    e, g = cfg.num_event_types, cfg.num_gap_buckets
-    out = {"p0_event": _dirichlet(rng, 1.0, e), "trans": _dirichlet(rng, cfg.event_concentration, e, (e,)),
-           "cat_pref": _dirichlet(rng, cfg.category_concentration, cfg.num_ad_categories),
-           "repeat": rng.uniform(cfg.repeat_low, cfg.repeat_high, size=e),
-           "p_device": _dirichlet(rng, cfg.device_concentration, cfg.num_devices),
-           "p_gap": _dirichlet(rng, cfg.gap_concentration, g, (e,))}
-    out["ad_base"] = out["cat_pref"][self.ad_category] * self.ad_q
-    return out
-
-  def _kind_params(self, rng: np.random.Generator, kind: str) -> dict[str, np.ndarray]:
-    """A regular / indiscriminate / clicker segment: a human-like draw with its kind's replacements."""
-    cfg = self.cfg
-    x = self._humanlike(rng)
-    e, g = cfg.num_event_types, cfg.num_gap_buckets
-    if kind == "regular":
-      x["p_gap"] = _dirichlet(rng, cfg.bot_gap_concentration, g, (e,))
-    elif kind == "indiscriminate":
-      u = float(_get(cfg, "indiscriminate_uniform"))
-      x["ad_base"] = u / cfg.num_ads + (1 - u) * x["ad_base"]
-      x["cat_pref"] = np.bincount(self.ad_category, weights=x["ad_base"], minlength=cfg.num_ad_categories)
-      x["repeat"] = rng.uniform(0.0, 0.5 * cfg.repeat_low, size=e)
-    elif kind == "clicker":
-      m, click = float(_get(cfg, "click_mass")), np.eye(e)[CLICK_TYPE]
-      x["p0_event"] = m * click + (1 - m) * x["p0_event"]
-      x["trans"] = m * click[None, :] + (1 - m) * x["trans"]
-      x["p_gap"] = _dirichlet(rng, np.sqrt(cfg.gap_concentration * cfg.bot_gap_concentration), g, (e,))
-    else:
-      raise ValueError(f"no parameters for bot kind {kind!r}")
-    return x
-
-  def _mimic(self, rng: np.random.Generator, human: int) -> dict[str, np.ndarray]:
-    """Human segment `human`'s parameters, each row mixed with a perturbed copy at weight mimic_strength."""
-    cfg = self.cfg
-    w = float(_get(cfg, "mimic_strength"))
-    kappa = float(_get(cfg, "mimic_concentration"))
-    def mix(row):  # (1 - w) row + w Dirichlet(kappa * row), row by row
-      fresh = np.maximum(rng.standard_gamma(kappa * row), _FLOOR)
-      return (1 - w) * row + w * fresh / fresh.sum(-1, keepdims=True)
-    x = {name: mix(getattr(self, name)[human]) for name in ("p0_event", "trans", "cat_pref", "p_device", "p_gap")}
-    x["repeat"] = (1 - w) * self.repeat[human] + w * rng.uniform(cfg.repeat_low, cfg.repeat_high, cfg.num_event_types)
-    x["ad_base"] = x["cat_pref"][self.ad_category] * self.ad_q
-    return x
 
   def _relabel_ads(self) -> None:
     # Relabel the ads by decreasing marginal frequency Σ_s prior(s) ad_base[s, a] (exactly the frequency of
@@ -362,12 +250,12 @@ class Process:
     self.ad_base = self.ad_base[:, order]
 
   def _build_samplers(self) -> None:
-    self._seg_sampler = _Categorical(self.prior[None])
-    self._first_event_sampler = _Categorical(self.p0_event)  # row s
-    self._event_sampler = _Categorical(self.trans)           # row s * E + e_prev
-    self._ad_sampler = _Categorical(self.ad_base)            # row s
-    self._device_sampler = _Categorical(self.p_device)       # row s
-    self._gap_sampler = _Categorical(self.p_gap)             # row s * E + e
+    self._seg_sampler = Categorical(self.prior[None])
+    self._first_event_sampler = Categorical(self.p0_event)  # row s
+    self._event_sampler = Categorical(self.trans)           # row s * E + e_prev
+    self._ad_sampler = Categorical(self.ad_base)            # row s
+    self._device_sampler = Categorical(self.p_device)       # row s
+    self._gap_sampler = Categorical(self.p_gap)             # row s * E + e
 
   # ---- sampling ---------------------------------------------------------------------------------------------
 

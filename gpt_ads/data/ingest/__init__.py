@@ -1,0 +1,13 @@
+"""The implementation of gpt-ads-prepare; `gpt_ads.data.prepare` is its public entry (and holds the CLI doc).
+
+One job per module, in pipeline order:
+  options     PrepareOptions: what a run reads and how (the flags as a dataclass).
+  read        files: format and delimiter, header / column checks, record batches, columns as exact strings.
+  timestamps  time columns -> int64 ns (UTC); the features derived from sorted times (--derive_time).
+  events      the read batches encoded into int arrays (user code, time, one value code per feature).
+  clean       the drop rules of the bad-input POLICY: sort per user, duplicates, --min_events, test users.
+  vocab       value codes -> ids: vocabularies from training events, hash buckets (stable_hash).
+  labels      per-user label CSVs (--labels).
+  prepare     the orchestration: validate the options, split users (user_split), encode, write the data set.
+  cli         the flags, main and execute (one-line errors, exit status 2).
+"""

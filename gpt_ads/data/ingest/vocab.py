@@ -1,0 +1,62 @@
+"""Value codes -> feature ids: vocabularies built from TRAINING events only, or hash buckets (--hash_buckets).
+
+Vocabulary: the values seen >= min_count times, the max_vocab most frequent (ties by value string), ids 2.. in
+decreasing frequency; anything else is OOV (1). Hashing maps a value to 2 + (blake2b-64(value) mod N) (HASH).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from gpt_ads import features as features_lib
+from gpt_ads.data.ingest.options import PrepareOptions
+
+HASH = "blake2b-64: int.from_bytes(blake2b(utf8(value), digest_size=8).digest(), 'little')"
+
+
+def stable_hash(value: str) -> int:
+  """A 64-bit hash that is the same on every machine and run (see HASH)."""
+  return int.from_bytes(hashlib.blake2b(value.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def _per_column(spec: int | dict[str, int], column: str, default: int) -> int:
+  if isinstance(spec, dict):
+    return int(spec.get(column, spec.get("*", default)))
+  return int(spec)
+
+
+def _vocabulary(codes: np.ndarray, train: np.ndarray, values: list[str], *, min_count: int,
+                max_size: int) -> tuple[np.ndarray, list[str]]:
+  """(lut [len(values) + 1] code -> id (lut[-1] = missing -> OOV), the values of ids 2.. in id order)."""
+  counts = np.bincount(codes[train & (codes >= 0)], minlength=len(values))
+  cand = np.flatnonzero(counts >= max(min_count, 1))
+  rank = np.empty(len(cand), np.int64)
+  rank[pc.sort_indices(pa.array([values[i] for i in cand], pa.string())).to_numpy()] = np.arange(len(cand))
+  top = cand[np.lexsort((rank, -counts[cand]))][:max_size]
+  lut = np.full(len(values) + 1, features_lib.OOV_ID, np.int32)
+  lut[top] = features_lib.NUM_RESERVED + np.arange(len(top))
+  return lut, [values[i] for i in top]
+
+
+def encode_feature(c: str, codes: np.ndarray, values: list[str], train: np.ndarray, o: PrepareOptions):
+  """(ids int32 [events], schema feature dict) of feature column `c` from its value codes in event order."""
+  if c in o.hash_buckets:
+    buckets = int(o.hash_buckets[c])
+    lut = np.fromiter((features_lib.NUM_RESERVED + stable_hash(v) % buckets for v in values), np.int32,
+                      len(values))
+    lut = np.append(lut, features_lib.OOV_ID).astype(np.int32)
+    vocab, size = {"kind": "hash", "num_buckets": buckets, "hash": HASH}, features_lib.NUM_RESERVED + buckets
+  else:
+    min_count, max_size = _per_column(o.min_count, c, 1), _per_column(o.max_vocab, c, 1_000_000)
+    lut, kept = _vocabulary(codes, train, values, min_count=min_count, max_size=max_size)
+    if not kept:
+      raise ValueError(f"feature {c!r}: no value occurs {min_count}+ times in the training events; lower "
+                       "--min_count")
+    vocab = {"kind": "values", "values": kept, "min_count": min_count, "max_size": max_size}
+    size = features_lib.NUM_RESERVED + len(kept)
+  loss = "sampled_softmax" if c in o.sampled else "softmax"
+  return lut[codes], {"name": c, "vocab_size": size, "loss": loss, "vocabulary": vocab, "source": c}
