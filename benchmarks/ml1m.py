@@ -5,7 +5,7 @@
 The protocol of the data set's README (`/work/shared/data/README.md`), exactly: leave-one-out on
 ml-1m/train/input.txt (the last item of each line is the test target, the second-to-last the validation target,
 training sees the rest), every item ranked, the user's input items excluded, all 6,040 users. Metrics:
-gpt_ads.retrieval.
+gpt_ads.downstream.retrieval.
 
 On a CPU host the step runs data-parallel over one XLA device per core (`--cpu_devices`).
 
@@ -62,24 +62,18 @@ def _log(line: str) -> None:
 
 def _config(variant: str, data_dir: str, steps: int | None = None):
   from configs import ml1m
+  from gpt_ads import config_lib
   c = ml1m.get_config(f"features={variant}" + (f",steps={steps}" if steps else ""))
   c.data.dir = data_dir
   for item in _SET.value:
     key, _, value = item.partition("=")
-    *path, leaf = key.split(".")
-    node = c
-    for p in path:
-      node = node[p]
-    if leaf not in node:
-      raise ValueError(f"--set {item}: the config has no key {key!r}")
-    old = node[leaf]
-    node[leaf] = type(old)(value) if not isinstance(old, bool) else value.lower() in ("1", "true")
+    config_lib.override(c, key, value, parse=True)
   return c
 
 
 def seconds_per_step(variant: str, data_dir: str, workdir: str) -> float:
   """A variant's measured training seconds per step: a `--probe_steps` run in WORKDIR/<variant>_probe, removed."""
-  from gpt_ads import train
+  from gpt_ads.training import train
   config = _config(variant, data_dir, _PROBE_STEPS.value)
   config.train.log_every = 10
   run_dir = os.path.join(workdir, f"{variant}_probe")
@@ -92,7 +86,9 @@ def seconds_per_step(variant: str, data_dir: str, workdir: str) -> float:
 
 
 def run_variant(variant: str, data_dir: str, workdir: str, step_seconds: float | None = None) -> dict:
-  from gpt_ads import api, checkpoint, retrieval, train
+  from gpt_ads import api
+  from gpt_ads.downstream import retrieval
+  from gpt_ads.training import checkpoint, train
   from gpt_ads.data import store
   steps = _STEPS.value if step_seconds is None else max(1, int(_MINUTES.value * 60 / step_seconds))
   config = _config(variant, data_dir, steps)
@@ -102,7 +98,7 @@ def run_variant(variant: str, data_dir: str, workdir: str, step_seconds: float |
   result = train.train_and_evaluate(config, run_dir)
   train_wall = time.time() - t0
   prepared = store.open_dir(data_dir)
-  steps = checkpoint.Checkpointer(run_dir, keep=config.train.keep_checkpoints).manager.all_steps()
+  steps = checkpoint.Checkpointer(run_dir, keep=config.train.keep_checkpoints).all_steps()
   val = {}
   for step in sorted(steps):
     params, schema, cfg = api.load(run_dir, step)

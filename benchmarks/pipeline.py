@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 from configs import default as default_config  # noqa: E402
-from gpt_ads import train  # noqa: E402
+from gpt_ads.training import train  # noqa: E402
 from gpt_ads.data import datasets, movielens, pipeline, store  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/gpt_ads_pipeline_bench", "scratch directory (data sets, run)")

@@ -6,9 +6,9 @@ One run measures, on the devices JAX sees (run it alone: a second process on the
   peak          a jitted 4096 x 4096 matmul in float32, and with bfloat16 inputs accumulating in float32
                 (`preferred_element_type`): median GFLOP/s over repeats.
   presets       for each model preset (gpt_ads.config_lib.MODEL_SIZES) the default config's real train step
-                (gpt_ads.train.jit_train_step: model, factorized loss with 1,024 shared negatives for ad_id, AdamW)
+                (gpt_ads.training.steps.jit_train_step: model, factorized loss, 1,024 shared negatives for ad_id, AdamW)
                 on random ids at the default batch (64 x 64), model dtype bfloat16 (and float32 with --f32):
-                events/s and MFU = model FLOPs per event (gpt_ads.accounting) x events/s / the bf16 peak,
+                events/s and MFU = model FLOPs per event (gpt_ads.training.accounting) x events/s / the bf16 peak,
                 measured again just before and just after that preset's steps (the higher of the two: a shared
                 VM's rate drifts within minutes). Also `mfu_vs_f32_peak`: on a CPU without bf16 arithmetic
                 (e.g. AVX2-only) bf16 matmuls are emulated and slower than f32, so that is the stricter figure.
@@ -18,7 +18,7 @@ One run measures, on the devices JAX sees (run it alone: a second process on the
                 1,024 negatives both times (the loss touches only sampled rows; the ratio shows what else scales),
                 with dense AdamW (`sparse_update_min_vocab=0`) and with the setting the README recommends for
                 large tables, `sparse_update_min_vocab=100_000` (row-sparse "lazy" AdamW for tables of 100K+
-                ids, gpt_ads.sparse_update; the 10K table stays dense under it).
+                ids, gpt_ads.training.sparse_update; the 10K table stays dense under it).
   eval_memory   XLA's temp-buffer bytes of the exact full-vocabulary evaluation step at 10K and 1M ids
                 (vocabulary processed in chunks of config.eval.vocab_chunk: should be bounded).
 --out gets JSON with `best_mfu`, `vocab_step_ratio` (1M / 10K step time with the recommended row-sparse setting;
@@ -77,14 +77,15 @@ def matmul_peak(n: int = 4096, repeats: int = 5, f32_too: bool = True) -> dict:
 
 
 class Step:
-  """The default config's jitted train step (as gpt_ads.train builds it) on random ids, for one config."""
+  """The default config's jitted train step (as gpt_ads.training.train builds it) on random ids, for one config."""
 
   def __init__(self, config):
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from gpt_ads import accounting, features, optim, sharding, train
-    from gpt_ads import train_state as train_state_lib
+    from gpt_ads import features
+    from gpt_ads.training import accounting, optim, sharding, steps as train_steps
+    from gpt_ads.training import train_state as train_state_lib
     from gpt_ads.model import Model, ModelConfig
     self.config = config
     schema = features.Schema.from_config(config.schema.features)
@@ -95,7 +96,7 @@ class Step:
     abstract, shardings = train_state_lib.abstract_and_shardings(model, tx, mesh, rule_set)
     self.data_sharding = sharding.batch_sharding(mesh, rule_set)
     self.mesh, self.model, self.shardings, self.tx = mesh, model, shardings, tx
-    self.step = train.jit_train_step(model=model, tx=tx, lr_schedule=lr, unigram_log_q={}, rule_set=rule_set,
+    self.step = train_steps.jit_train_step(model=model, tx=tx, lr_schedule=lr, unigram_log_q={}, rule_set=rule_set,
                                      grad_accum_steps=1, state_shardings=shardings,
                                      data_sharding=self.data_sharding,
                                      sparse_min_vocab=config.train.sparse_update_min_vocab)
@@ -120,7 +121,7 @@ class Step:
 
   def seconds_per_step(self, steps: int) -> float:
     import jax
-    from gpt_ads import train_state as train_state_lib
+    from gpt_ads.training import train_state as train_state_lib
     with jax.set_mesh(self.mesh):
       if self.state is None:
         self.state = train_state_lib.create(jax.random.key(0), self.model, self.tx, self.shardings)
@@ -206,11 +207,11 @@ def vocab_scaling(steps: int) -> dict:
 
 def eval_memory() -> dict:
   import jax
-  from gpt_ads import train
+  from gpt_ads.training import steps as train_steps
   out = {}
   for vocab in (10_000, 1_000_000):
     s = Step(_vocab_config(vocab))
-    fn = jax.jit(functools.partial(train.eval_step, model=s.model, vocab_chunk=s.config.eval.vocab_chunk,
+    fn = jax.jit(functools.partial(train_steps.eval_step, model=s.model, vocab_chunk=s.config.eval.vocab_chunk,
                                    rule_set=()))
     with jax.set_mesh(s.mesh):
       mem = fn.lower(s.abstract.params, s.batch).compile().memory_analysis()

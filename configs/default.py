@@ -71,11 +71,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       warmup_steps=run["warmup_steps"], lr_schedule="cosine", final_lr_fraction=0.05, weight_decay=0.05, b1=0.9,
       b2=0.98, grad_clip=1.0, grad_accum_steps=1, log_every=50, eval_every=500, checkpoint_every=500,
       keep_checkpoints=2, init_output_bias="log_prior",
-      # > 0: row-sparse ("lazy") AdamW for every sampled feature with at least this many ids (gpt_ads.sparse_update);
-      # recommended for large tables (e.g. 100_000: the step then no longer grows with the vocabulary).
+      # > 0: row-sparse ("lazy") AdamW for every sampled feature with at least this many ids
+      # (gpt_ads.training.sparse_update); recommended for large tables (e.g. 100_000: the step then no longer grows
+      # with the vocabulary).
       sparse_update_min_vocab=0,
-      # Faults (gpt_ads.health, gpt_ads.preemption): a NaN / Inf step stops the run ("stop") or its update is
-      # skipped ("skip", at most max_nonfinite_skips in a row); SIGTERM saves and exits within the grace period.
+      # Faults (gpt_ads.training.health, gpt_ads.training.preemption): a NaN / Inf step stops the run ("stop") or its
+      # update is skipped ("skip", at most max_nonfinite_skips in a row); SIGTERM saves and exits within the grace
+      # period.
       on_nonfinite="stop", max_nonfinite_skips=10, preemption_grace_seconds=30.0))
   c.eval = ml_collections.ConfigDict(dict(batch_size=256, vocab_chunk=4096))
 
@@ -83,6 +85,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # dcn_*: slices / hosts each axis spans over the data-center network (hybrid ICI x DCN mesh); 1 = single slice.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1))
   c.sharding = ml_collections.ConfigDict()
-  c.sharding.rule_set = "fsdp_tensor"  # or fsdp | tensor | data_parallel (gpt_ads.sharding.RULE_SETS)
+  c.sharding.rule_set = "fsdp_tensor"  # or fsdp | tensor | data_parallel (gpt_ads.training.sharding.RULE_SETS)
   c.sharding.rules = ()  # explicit ((logical, mesh axis or axes or None), ...) pairs replace the rule set
   return c

@@ -10,6 +10,8 @@
     logp = api.score(params, batch, "ad_id", candidates, given={"event_type": clicks},   # chain: ads given
                      schema=schema, config=config)                                       # the event's type
     more = api.sample(params, batch, jax.random.key(0), num_events=5, schema=schema, config=config)
+    api.export_run("/tmp/gpt_ads_demo", "/tmp/model.zip")    # embed + score as jax.export (gpt-ads-export)
+    art = api.read_export("/tmp/model.zip")                   # {"embed", "score": jax.export.Exported, "meta"}
 
 Every function is pure in (params, batch, rng) and composes with `jax.jit`, `jax.vmap` and `jax.grad`; bind
 `schema` / `config` (static) with `functools.partial` before jitting.
@@ -20,23 +22,26 @@ one after its last event. Ids follow the schema's conventions (0 PAD, 1 OOV, 2..
 schema.json maps raw values to ids).
 """
 
-import dataclasses
 import json
 import os
+import zipfile
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from gpt_ads import evidence as evidence_lib
-from gpt_ads import features, losses
+from gpt_ads import features
 from gpt_ads.model import Model, ModelConfig, chain
 from gpt_ads.model.heads import NEG_INF, copy_bonus, copy_inputs, output_table, take_at, valid_ids
 from gpt_ads.model.model import dummy_batch
+from gpt_ads.objective import evidence as evidence_lib
+from gpt_ads.objective import losses
+from gpt_ads.training import checkpoint, optim, sharding, train_state
+from gpt_ads.training import workdir as workdir_lib
 
-RUN_FILE = "model.json"  # written by the trainer into its workdir: the config and schema of the run
 Schema, FeatureSpec = features.Schema, features.FeatureSpec
+run_data_dir = workdir_lib.run_data_dir  # the prepared data set a run trained on ("" if unknown)
+save_run_file = workdir_lib.save_run_file  # what `load` reads besides the checkpoint (the trainer writes it)
 
 
 def _model(schema: features.Schema, config) -> Model:
@@ -44,39 +49,14 @@ def _model(schema: features.Schema, config) -> Model:
   return Model(schema, cfg)
 
 
-def save_run_file(workdir: str, schema: features.Schema, config, data_dir: str = "") -> None:
-  """Writes `workdir/model.json` ({"config", "schema": [feature, ...] in schema order, "data_dir": the prepared
-  data set trained on}), what `load` needs besides the checkpoint."""
-  from gpt_ads import logbook
-  logbook.write_json(os.path.join(workdir, RUN_FILE),
-                     {"config": json.loads(config.to_json_best_effort()),
-                      "schema": [dataclasses.asdict(f) for f in schema], "data_dir": os.path.abspath(data_dir)})
-
-
-def run_data_dir(workdir: str) -> str:
-  """The prepared data set the run in `workdir` trained on ("" if unknown)."""
-  path = os.path.join(workdir, RUN_FILE)
-  if not os.path.exists(path):
-    return ""
-  with open(path) as f:
-    return json.load(f).get("data_dir", "")
-
-
 def load(workdir: str, step: int | None = None):
   """-> (params, schema, config) of the run in `workdir` (its latest checkpoint, or `step`), on one device."""
-  from gpt_ads import checkpoint, optim, sharding, train_state
-  path = os.path.join(workdir, RUN_FILE)
-  if not os.path.exists(path):
-    raise ValueError(f"{path} does not exist: --workdir must be a gpt-ads-train run directory")
-  with open(path) as f:
-    meta = json.load(f)
-  config = ml_collections.ConfigDict(meta["config"])
-  schema = features.Schema(tuple(features.FeatureSpec(**f) for f in meta["schema"]))
+  config, schema, _ = workdir_lib.read_run_file(workdir)
   model = _model(schema, config)
   tx, _ = optim.make(config.train)
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), sharding.MESH_AXES)
   abstract, _ = train_state.abstract_and_shardings(model, tx, mesh, sharding.rules(config))
-  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+  if not os.path.isdir(workdir_lib.checkpoint_dir(workdir)):
     raise ValueError(f"{workdir} has no checkpoints/: the run has not saved a checkpoint yet")
   ckpt = checkpoint.Checkpointer(workdir, keep=1, async_save=False)
   try:
@@ -110,8 +90,8 @@ def make_batch(schema: features.Schema, events: dict, *, length: int) -> dict[st
     for f, u in zip(schema, users):
       out[f.name][i, :n] = u[i][len(u[i]) - n:]
     seg[i, :n] = 1
-  out["segment_ids"] = seg
-  out["positions"] = np.where(seg > 0, np.arange(length, dtype=np.int32)[None], 0).astype(np.int32)
+  out[features.SEGMENT_IDS] = seg
+  out[features.POSITIONS] = np.where(seg > 0, np.arange(length, dtype=np.int32)[None], 0).astype(np.int32)
   return out
 
 
@@ -149,18 +129,18 @@ def apply(params, batch, *, schema: features.Schema, config):
 
 def _last_index(batch) -> jax.Array:
   """[b] the position of each row's last event."""
-  return evidence_lib.last_index(batch["segment_ids"])
+  return evidence_lib.last_index(batch[features.SEGMENT_IDS])
 
 
 def embed(params, batch, *, schema: features.Schema, config, pooling: str = "last") -> jax.Array:
   """User vectors [b, d]: the hidden state after the last event ("last") or the mean over events ("mean")."""
   _, hidden = _forward(params, batch, schema, config)
-  return evidence_lib.pool(hidden, batch["segment_ids"], pooling)
+  return evidence_lib.pool(hidden, batch[features.SEGMENT_IDS], pooling)
 
 
 def user_evidence(params, batch, *, schema: features.Schema, config, background: dict | None = None,
                   vocab_chunk: int = 4096) -> dict[str, jax.Array]:
-  """Per-user evidence in one forward pass (gpt_ads.evidence): for every feature the mean and spread of the
+  """Per-user evidence in one forward pass (gpt_ads.objective.evidence): for every feature the mean and spread of the
   per-event exact NLL, the mean predictive entropy, the gain over `background` ({feature: [v] log p}, e.g.
   `evidence.background_log_probs` of the training counts), for copy features the mean predicted repeat
   probability; "num_predicted" and user vectors "vector/last", "vector/mean". -> {key: [b] or [b, d]}."""
@@ -303,8 +283,8 @@ def sample(params, batch, rng: jax.Array, *, num_events: int, schema: features.S
                                     _next_logits(params, last, schema[name]), temperature, top_k)
     for name, ids in drawn.items():
       b = {**b, name: b[name].at[rows, new_pos].set(ids, mode="drop")}
-    b["segment_ids"] = b["segment_ids"].at[rows, new_pos].set(b["segment_ids"][:, 0], mode="drop")
-    b["positions"] = b["positions"].at[rows, new_pos].set(take_at(b["positions"], idx)[:, 0] + 1, mode="drop")
+    b[features.SEGMENT_IDS] = b[features.SEGMENT_IDS].at[rows, new_pos].set(b[features.SEGMENT_IDS][:, 0], mode="drop")
+    b[features.POSITIONS] = b[features.POSITIONS].at[rows, new_pos].set(take_at(b[features.POSITIONS], idx)[:, 0] + 1, mode="drop")
     return b, key
 
   batch = {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()}
@@ -312,5 +292,64 @@ def sample(params, batch, rng: jax.Array, *, num_events: int, schema: features.S
   return out
 
 
-__all__ = ["FeatureSpec", "Schema", "apply", "conditioning", "embed", "init", "load", "make_batch", "run_data_dir",
-           "sample", "save_run_file", "score", "user_evidence"]
+# ---- export: the model as a jax.export artifact that needs only jax ------------------------------------------
+def export_run(workdir: str, out: str, *, feature: str | None = None, given: list[str] | tuple = (),
+               pooling: str = "last", length: int = 0) -> dict:
+  """Writes the run's `embed` and `score` as a jax.export artifact (the format: gpt_ads.cli.export); returns
+  its meta."""
+  params, schema, config = load(workdir)
+  feature = feature or next((f.name for f in schema if f.sampled), schema.features[0].name)
+  if feature not in [f.name for f in schema]:
+    raise ValueError(f"--feature={feature!r} is not in the run's schema {[f.name for f in schema]}")
+  length = length or int(config.model.max_len)
+  if not 1 <= length <= config.model.max_len:
+    raise ValueError(f"--length={length} must be in 1..model.max_len={config.model.max_len}")
+  inputs = [f.name for f in schema] + [features.SEGMENT_IDS, features.POSITIONS]
+  b, n = jax.export.symbolic_shape("b, n")
+  row = jax.ShapeDtypeStruct((b, length), np.int32)
+
+  def as_batch(arrays):
+    return dict(zip(inputs, arrays))
+
+  embed_fn = jax.jit(lambda *arrays: embed(params, as_batch(arrays), schema=schema, config=config,
+                                           pooling=pooling))
+  given = list(given)
+  names = [f.name for f in schema]
+  if set(given) - set(names):
+    raise ValueError(f"--given={','.join(given)}: {sorted(set(given) - set(names))} are not in the run's schema "
+                     f"{names}")
+  score_fn = jax.jit(lambda cands, *arrays: score(
+      params, as_batch(arrays[:len(inputs)]), feature, cands, schema=schema, config=config,
+      given=dict(zip(given, arrays[len(inputs):]))))
+  score(params, make_batch(schema, {n: [[2]] for n in names}, length=length), feature,
+        np.array([2], np.int32), schema=schema, config=config,
+        given={g: np.array([2], np.int32) for g in given})  # a bad --given fails here, with score's message
+  exported_embed = jax.export.export(embed_fn)(*[row] * len(inputs))
+  exported_score = jax.export.export(score_fn)(jax.ShapeDtypeStruct((n,), np.int32), *[row] * len(inputs),
+                                            *[jax.ShapeDtypeStruct((b,), np.int32)] * len(given))
+  meta = {"format": "gpt_ads.export/1", "inputs": inputs, "length": length, "feature": feature, "given": given,
+          "pooling": pooling, "d_model": int(config.model.d_model),
+          "schema": [{"name": f.name, "vocab_size": f.vocab_size, "loss": f.loss} for f in schema],
+          "embed": "embed(*[batch[k] for k in inputs]) -> [b, d_model]",
+          "score": "score(candidates [n] int32, *[batch[k] for k in inputs], *[next event's value [b] of g for g in "
+                   "given]) -> log-probabilities [b, n]"}
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  tmp = out + ".tmp"
+  with zipfile.ZipFile(tmp, "w") as z:
+    z.writestr("embed.bin", bytes(exported_embed.serialize()))
+    z.writestr("score.bin", bytes(exported_score.serialize()))
+    z.writestr("meta.json", json.dumps(meta, indent=1))
+  os.replace(tmp, out)
+  return meta
+
+
+def read_export(path: str) -> dict:
+  """{"embed": jax.export.Exported, "score": jax.export.Exported, "meta": dict} from an `export_run` artifact."""
+  with zipfile.ZipFile(path) as z:
+    return {"embed": jax.export.deserialize(bytearray(z.read("embed.bin"))),
+            "score": jax.export.deserialize(bytearray(z.read("score.bin"))),
+            "meta": json.loads(z.read("meta.json"))}
+
+
+__all__ = ["FeatureSpec", "Schema", "apply", "conditioning", "embed", "export_run", "init", "load", "make_batch",
+           "read_export", "run_data_dir", "sample", "save_run_file", "score", "user_evidence"]

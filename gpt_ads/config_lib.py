@@ -1,36 +1,33 @@
 """Config helpers: preset arguments, model-size presets, run recipes, and validation before any compute.
 
-Checks (each a one-line ValueError saying what to change), in the order gpt_ads.train runs them:
+Checks (each a one-line ValueError saying what to change), in the order gpt_ads.training.train runs them:
   validate            unknown keys (KNOWN_KEYS), values out of range, bad model / feature settings
-  check_workdir       the workdir can be created and written
-  check_batch         batch sizes divisible by the mesh's data parallelism (the mesh itself: gpt_ads.sharding)
+  check_batch         batch sizes divisible by the mesh's data parallelism (the mesh itself: gpt_ads.training.sharding)
   check_schema_fits   model.max_len against the features (copy_lags; from validate for generated data)
-  check_resumable     a workdir with checkpoints: the schema / model shape / vocabularies must be the run's
-  check_free_space    room for the checkpoints (keep_checkpoints + 1 being written)
+(the workdir's own checks, `check_workdir`, `check_resumable`, `check_free_space`: gpt_ads.training.workdir)
 """
 
 import dataclasses
-import json
-import os
-import shutil
-import tempfile
 
 import ml_collections
 
 from gpt_ads import features
-from gpt_ads.data import synthetic
 from gpt_ads.model.config import ModelConfig
 
-NONFINITE_MODES = ("stop", "skip")  # config.train.on_nonfinite (gpt_ads.health)
+NONFINITE_MODES = ("stop", "skip")  # config.train.on_nonfinite (gpt_ads.training.health)
+# config.train keys a config may leave out (older configs and run files), with their values when it does: the
+# one place these defaults live (read them with `option`).
+OPTIONAL_TRAIN = {"on_nonfinite": "stop", "max_nonfinite_skips": 10, "preemption_grace_seconds": 30.0,
+                  "sparse_update_min_vocab": 0}
 
 # Every key a config may have ("schema.features.<name>" entries are checked by gpt_ads.features /
-# gpt_ads.data.datasets). A key the code reads must be listed here, or `validate` rejects configs that set it.
+# gpt_ads.data.datasets, "data.synthetic.*" by the generator, gpt_ads.data.synthetic). A key the code reads must
+# be listed here, or `validate` rejects configs that set it.
 KNOWN_KEYS = {
     "": ("seed", "model", "data", "schema", "train", "eval", "mesh", "sharding"),
     "model": tuple(f.name for f in dataclasses.fields(ModelConfig)),
     "data": ("dir", "generated_dir", "seed", "synthetic", "num_train_users", "num_val_users", "num_test_users",
              "num_shards", "pack", "packing_bins", "read_threads", "num_workers", "features", "max_train_users"),
-    "data.synthetic": tuple(synthetic.default_config().keys()),
     "schema": ("defaults", "features"),
     "schema.defaults": features.MODEL_SIDE_KEYS,
     "train": ("num_steps", "batch_size", "learning_rate", "warmup_steps", "lr_schedule", "final_lr_fraction",
@@ -41,7 +38,7 @@ KNOWN_KEYS = {
     "mesh": ("data", "fsdp", "tensor", "dcn_data", "dcn_fsdp", "dcn_tensor"),
     "sharding": ("rule_set", "rules"),
 }
-# What a checkpoint's arrays depend on: a resumed run must keep these (gpt_ads.train checks model.json).
+# What a checkpoint's arrays depend on: a resumed run must keep these (gpt_ads.training.train checks model.json).
 SHAPE_MODEL_KEYS = ("d_model", "num_layers", "num_heads", "mlp_dim", "max_len", "combine", "scan_layers",
                     "vocab_pad_multiple", "backbone")
 SHAPE_FEATURE_KEYS = ("vocab_size", "embed_dim", "loss", "tied", "copy_lags")
@@ -104,6 +101,28 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return out
 
 
+def override(config, key: str, value, *, parse: bool = False) -> None:
+  """Sets the dotted `key` ("train.learning_rate") of `config` to `value`; a key the config does not have is a
+  one-line ValueError. `parse`: `value` is a command-line string, converted to the type of the current value."""
+  *path, leaf = key.split(".")
+  node = config
+  for part in path:
+    if part not in node:
+      raise ValueError(f"{key}: the config has no key {key!r}")
+    node = node[part]
+  if leaf not in node:
+    raise ValueError(f"{key}: the config has no key {key!r}")
+  if parse:
+    old = node[leaf]
+    value = value.lower() in ("1", "true") if isinstance(old, bool) else type(old)(value)
+  node[leaf] = value
+
+
+def option(train_config, key: str):
+  """config.train.<key>, or its default (OPTIONAL_TRAIN) when the config leaves it out."""
+  return train_config.get(key, OPTIONAL_TRAIN[key])
+
+
 def _unknown_keys(config) -> list[str]:
   out = []
   for section, known in KNOWN_KEYS.items():
@@ -139,14 +158,14 @@ def validate(config) -> None:
   if t.keep_checkpoints < 1:
     raise ValueError(f"config.train.keep_checkpoints={t.keep_checkpoints} must be >= 1 (2 or more keeps a "
                      "fallback when the newest checkpoint is damaged)")
-  if t.get("on_nonfinite", "stop") not in NONFINITE_MODES:
+  if option(t, "on_nonfinite") not in NONFINITE_MODES:
     raise ValueError(f"config.train.on_nonfinite={t.on_nonfinite!r} must be one of {list(NONFINITE_MODES)}")
-  if t.get("max_nonfinite_skips", 10) < 0:
+  if option(t, "max_nonfinite_skips") < 0:
     raise ValueError(f"config.train.max_nonfinite_skips={t.max_nonfinite_skips} must be >= 0")
-  if not t.get("preemption_grace_seconds", 30.0) > 0:
+  if not option(t, "preemption_grace_seconds") > 0:
     raise ValueError(f"config.train.preemption_grace_seconds={t.preemption_grace_seconds} must be > 0 (the "
                      "seconds between SIGTERM and the scheduler's SIGKILL, less a margin)")
-  if t.get("sparse_update_min_vocab", 0) < 0:
+  if option(t, "sparse_update_min_vocab") < 0:
     raise ValueError(f"config.train.sparse_update_min_vocab={t.sparse_update_min_vocab} must be >= 0 (0 = dense "
                      "updates; > 0: row-sparse AdamW for sampled features with at least that many ids)")
   if t.init_output_bias not in ("log_prior", "zeros"):
@@ -178,18 +197,6 @@ def check_batch(config, data_parallel: int) -> None:
                      f"{data_parallel}-way data parallelism of config.mesh")
 
 
-def check_workdir(workdir: str) -> None:
-  """Fails at start, not after an hour, if the workdir cannot be written."""
-  if not workdir:
-    raise ValueError("--workdir is required")
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test"):
-      pass
-  except OSError as e:
-    raise ValueError(f"--workdir={workdir!r} is not writable ({e.strerror}); choose another directory") from e
-
-
 def check_schema_fits(schema: features.Schema, config) -> None:
   """model.max_len against the features: a copy term over k lags needs windows longer than k."""
   for f in schema:
@@ -197,67 +204,3 @@ def check_schema_fits(schema: features.Schema, config) -> None:
       raise ValueError(f"config.model.max_len={config.model.max_len} is too small for "
                        f"config.schema.features.{f.name}.copy_lags={f.copy_lags}; raise max_len above it or lower "
                        "copy_lags")
-
-
-def _feature_vocabularies(data_dir: str) -> dict[str, object] | None:
-  """{feature: vocabulary dict} from a prepared data set's schema.json (None if unreadable)."""
-  try:
-    with open(os.path.join(data_dir, "schema.json")) as f:
-      return {feat["name"]: feat.get("vocabulary") for feat in json.load(f)["features"]}
-  except (OSError, ValueError, KeyError, TypeError):
-    return None
-
-
-def check_resumable(workdir: str, schema: features.Schema, config, data_dir: str | None = None) -> None:
-  """A workdir that holds checkpoints must be resumed with the same model shape, schema and vocabularies.
-
-  Reads `workdir/model.json` (written by the run that made the checkpoints); nothing to check without
-  checkpoints. `data_dir`: the prepared data set this run reads (default config.data.dir); when it is another
-  directory than the run's, their vocabularies must agree too (same ids for the same values).
-  """
-  run_file = os.path.join(workdir, "model.json")
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  has_ckpt = os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))
-  if not has_ckpt or not os.path.exists(run_file):
-    return
-  try:
-    with open(run_file) as f:
-      run = json.load(f)
-    old_model, old_schema = run["config"]["model"], run["schema"]
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    raise ValueError(f"{run_file} is unreadable ({e}); it describes the checkpoints in {ckpt_dir}: restore it, or "
-                     "use a new --workdir") from None
-  diffs = [f"model.{k} {old_model.get(k)!r} (checkpoint) vs {config.model.get(k)!r} (now)"
-           for k in SHAPE_MODEL_KEYS if old_model.get(k) != config.model.get(k)]
-  old_names, new_names = [f["name"] for f in old_schema], list(schema.names)
-  if old_names != new_names:
-    diffs.append(f"features {old_names} (checkpoint) vs {new_names} (now)")
-  else:
-    for old, new in zip(old_schema, schema):
-      diffs += [f"{new.name}.{k} {old.get(k)!r} (checkpoint) vs {getattr(new, k)!r} (now)"
-                for k in SHAPE_FEATURE_KEYS if old.get(k) != getattr(new, k)]
-  data_dir = os.path.abspath(data_dir or config.data.dir) if (data_dir or config.data.dir) else ""
-  old_dir = run.get("data_dir", "")
-  if not diffs and data_dir and old_dir and os.path.abspath(old_dir) != data_dir:
-    old_vocab, new_vocab = _feature_vocabularies(old_dir), _feature_vocabularies(data_dir)
-    if old_vocab is not None and new_vocab is not None:
-      diffs += [f"the vocabulary of {name} in {data_dir} differs from the run's data set {old_dir}"
-                for name in new_names if old_vocab.get(name) != new_vocab.get(name)]
-  if diffs:
-    raise ValueError(f"--workdir={workdir} holds checkpoints of a run that does not fit this config/data: "
-                     f"{'; '.join(diffs[:4])}{' ...' if len(diffs) > 4 else ''}; resume with the run's settings "
-                     f"(see {run_file}) or use a new --workdir")
-
-
-def check_free_space(workdir: str, checkpoint_bytes: int, *, keep: int) -> None:
-  """Fails at start if the workdir's filesystem cannot hold the checkpoints to come (uncompressed estimate:
-  keep_checkpoints of them plus one being written, less those already there)."""
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  existing = sum(n.isdigit() for n in os.listdir(ckpt_dir)) if os.path.isdir(ckpt_dir) else 0
-  need = max(keep + 1 - existing, 1) * checkpoint_bytes
-  free = shutil.disk_usage(workdir).free
-  if free < need:
-    mib = lambda b: f"{b / 2**20:,.1f} MiB"  # noqa: E731
-    raise ValueError(f"--workdir={workdir} has {mib(free)} free but its checkpoints need about {mib(need)} more "
-                     f"({mib(checkpoint_bytes)} each, keep_checkpoints={keep} + 1 being written); free some space, "
-                     "lower config.train.keep_checkpoints or choose another --workdir")

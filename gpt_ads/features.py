@@ -21,6 +21,9 @@ import ml_collections
 PAD_ID = 0
 OOV_ID = 1
 NUM_RESERVED = 2
+# The two batch keys besides the features: segment_ids [b, t] (0 = padding, k > 0 = the row's k-th user) and
+# positions [b, t] (restarting at 0 for every user).
+SEGMENT_IDS, POSITIONS = "segment_ids", "positions"
 
 LOSS_KINDS = ("softmax", "sampled_softmax")
 MODEL_SIDE_KEYS = ("embed_dim", "num_negatives", "sampler", "tied", "weight", "copy_lags")  # set by the config
@@ -132,7 +135,7 @@ def _validate(schema: Schema) -> None:
     if f.name in seen:
       raise ValueError(f"{where} appears twice in the schema; feature names must be unique")
     seen.add(f.name)
-    if f.name in ("segment_ids", "positions"):
+    if f.name in (SEGMENT_IDS, POSITIONS):
       raise ValueError(f"{where}: the name is reserved for the batch layout; rename the feature")
     if f.loss not in LOSS_KINDS:
       raise ValueError(f"{where}: loss={f.loss!r} is not one of {LOSS_KINDS}")

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from gpt_ads import accounting, features, optim, sharding, train, train_state
+from gpt_ads import features
+from gpt_ads.training import accounting, optim, sharding, steps, train_state
 from gpt_ads.model import Model, ModelConfig
 
 
@@ -21,7 +22,7 @@ def _flops(overrides):
   b, t = c.train.batch_size, c.model.max_len
   batch = {k: jax.ShapeDtypeStruct((b, t), np.int32, sharding=data_sharding)
            for k in (*schema.names, "segment_ids", "positions")}
-  step = train.jit_train_step(model=model, tx=tx, lr_schedule=lr, unigram_log_q={}, rule_set=rules,
+  step = steps.jit_train_step(model=model, tx=tx, lr_schedule=lr, unigram_log_q={}, rule_set=rules,
                               grad_accum_steps=1, state_shardings=shardings, data_sharding=data_sharding)
   with jax.set_mesh(mesh):
     compiled = step.lower(abstract, batch, jax.ShapeDtypeStruct((), jax.random.key(0).dtype)).compile()
@@ -37,7 +38,7 @@ def _flops(overrides):
      "data.synthetic.max_len": 64},
 ])
 def test_flops_formula_is_within_five_percent_below_xla(overrides):
-  """What gpt_ads.accounting's docstring states: the formula counts the matmuls and attention only, so it is
+  """What gpt_ads.training.accounting's docstring states: the formula counts the matmuls and attention only, so it is
   below XLA's count (norms, softmaxes, AdamW), by less than 5% at these widths (3.8% and 4.1% measured)."""
   xla, formula = _flops(overrides)
   assert 0.95 < formula / xla < 1.0, (formula, xla)

@@ -171,11 +171,10 @@ def test_sample_extends_rows(run):
 def test_export_matches_live_model(run, tmp_path):
   params, schema, config, batch, workdir = run
   out = str(tmp_path / "model.zip")
-  proc = subprocess.run([sys.executable, "-m", "gpt_ads.export", f"--workdir={workdir}", f"--out={out}"], cwd=ROOT,
+  proc = subprocess.run([sys.executable, "-m", "gpt_ads.cli.export", f"--workdir={workdir}", f"--out={out}"], cwd=ROOT,
                         capture_output=True, text=True, timeout=600, env=subprocess_env())
   assert proc.returncode == 0, proc.stderr[-3000:]
-  from gpt_ads import export  # the reader; the artifact itself needs only jax
-  art = export.read(out)
+  art = api.read_export(out)
   inputs = art["meta"]["inputs"]
   cands = jnp.array([7, 2, 3, 100], jnp.int32)
   for rows in (slice(0, 3), slice(1, 2)):  # symbolic batch size: 3 and 1
@@ -183,6 +182,6 @@ def test_export_matches_live_model(run, tmp_path):
     assert_close(art["embed"].call(*[b[k] for k in inputs]), api.embed(params, b, schema=schema, config=config))
     assert_close(art["score"].call(cands, *[b[k] for k in inputs]),
                  api.score(params, b, "ad_id", cands, schema=schema, config=config))
-  bad = subprocess.run([sys.executable, "-m", "gpt_ads.export", f"--workdir={tmp_path}", f"--out={out}x"],
+  bad = subprocess.run([sys.executable, "-m", "gpt_ads.cli.export", f"--workdir={tmp_path}", f"--out={out}x"],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert bad.returncode == 2 and "gpt-ads-export: error:" in bad.stderr and "Traceback" not in bad.stderr

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from conftest import subprocess_env, tiny_config
-from gpt_ads import api, features, objective
+from gpt_ads import api, features
+from gpt_ads.objective import objective
 from gpt_ads.model import Model, ModelConfig, chain
 from gpt_ads.model.model import dummy_batch
 from numerics import assert_close
@@ -209,32 +210,31 @@ def test_export_takes_the_given_values(chain_run, tmp_path):
   workdir = chain_run
   params, schema, config = api.load(workdir)
   assert api.conditioning("event_type", schema=schema, config=config) == ("ad_id", "device")
-  from gpt_ads import export
   rng = np.random.default_rng(1)
   events = {f.name: [rng.integers(2, f.vocab_size, n).tolist() for n in (4, 7)] for f in schema}
   given = {"ad_id": jnp.array([7, 30], jnp.int32), "device": jnp.array([2, 3], jnp.int32)}
   for feature, names, cands in (("event_type", ["ad_id", "device"], jnp.array([2, 3, 4], jnp.int32)),
                                 ("ad_id", [], jnp.array([7, 2, 3, 100], jnp.int32))):
     out = str(tmp_path / f"{feature}.zip")
-    proc = subprocess.run([sys.executable, "-m", "gpt_ads.export", f"--workdir={workdir}", f"--out={out}",
+    proc = subprocess.run([sys.executable, "-m", "gpt_ads.cli.export", f"--workdir={workdir}", f"--out={out}",
                            f"--feature={feature}", f"--given={','.join(names)}"], cwd=ROOT, capture_output=True,
                           text=True, timeout=600, env=subprocess_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
-    art = export.read(out)
+    art = api.read_export(out)
     assert art["meta"]["given"] == names
     batch = api.make_batch(schema, events, length=art["meta"]["length"])
     got = art["score"].call(cands, *[jnp.asarray(batch[k]) for k in art["meta"]["inputs"]],
                             *[given[g] for g in names])
     assert_close(got, api.score(params, batch, feature, cands, given={g: given[g] for g in names}, schema=schema,
                                 config=config))
-  bad = subprocess.run([sys.executable, "-m", "gpt_ads.export", f"--workdir={workdir}", f"--out={out}x",
+  bad = subprocess.run([sys.executable, "-m", "gpt_ads.cli.export", f"--workdir={workdir}", f"--out={out}x",
                         "--feature=ad_id", "--given=device"], cwd=ROOT, capture_output=True, text=True,
                        timeout=600, env=subprocess_env())
   assert bad.returncode == 2 and "come after it" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
 
 
 def test_downstream_runs_on_a_chain_run(chain_run):
-  proc = subprocess.run([sys.executable, "-m", "gpt_ads.downstream", f"--workdir={chain_run}", "--label=converted",
+  proc = subprocess.run([sys.executable, "-m", "gpt_ads.cli.downstream", f"--workdir={chain_run}", "--label=converted",
                          "--task=probe"], cwd=ROOT, capture_output=True, text=True, timeout=600,
                         env=subprocess_env())
   assert proc.returncode == 0, proc.stderr[-3000:]

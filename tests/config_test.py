@@ -3,7 +3,8 @@
 import pytest
 
 from configs import default as default_config
-from gpt_ads import accounting, config_lib, features
+from gpt_ads import config_lib, features
+from gpt_ads.training import accounting
 from gpt_ads.model import Model, ModelConfig
 
 

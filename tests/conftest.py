@@ -14,6 +14,7 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 from configs import default as default_config  # noqa: E402
+from gpt_ads import config_lib  # noqa: E402
 
 # Identical programs compiled by different tests (each run builds its own jit) are compiled once.
 jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="gpt_ads_test_xla_cache_"))
@@ -41,11 +42,7 @@ def tiny_config(**overrides):
   independent heads; pass {"model.event_factorization": "chain"} for the default's)."""
   c = default_config.get_config("nano")
   for k, v in {**TINY, **overrides}.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
+    config_lib.override(c, k, v)
   return c
 
 
@@ -83,7 +80,7 @@ def _cli_run(tmp_path_factory, name: str, overrides: dict) -> str:
   import sys
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   workdir = str(tmp_path_factory.mktemp(name))
-  proc = subprocess.run([sys.executable, "-m", "gpt_ads.main", *tiny_flags(**overrides), f"--workdir={workdir}"],
+  proc = subprocess.run([sys.executable, "-m", "gpt_ads.cli.train", *tiny_flags(**overrides), f"--workdir={workdir}"],
                         cwd=root, capture_output=True, text=True, timeout=600, env=subprocess_env())
   assert proc.returncode == 0, proc.stderr[-3000:]
   return workdir

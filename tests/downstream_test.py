@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import subprocess_env
-from gpt_ads import detectors, downstream
+from gpt_ads.downstream import detectors, tasks as downstream
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,7 +37,8 @@ def _old_recall_at_fpr(scores, labels, fpr: float) -> float:
 
 @pytest.mark.parametrize("ties", [False, True])
 def test_metrics_equal_the_hand_written_ones(ties):
-  """scikit-learn's ROC (gpt_ads.detectors) gives the AUC and recall at fixed FPR the package computed by hand,
+  """scikit-learn's ROC (gpt_ads.downstream.detectors) gives the AUC and recall at fixed FPR the package computed by
+  hand,
   on untied scores and on scores with many ties (rounded to a few values), at FPRs on and between ROC vertices."""
   rng = np.random.default_rng(0)
   scores, labels = rng.normal(size=400), rng.random(400) < 0.3
@@ -100,7 +101,7 @@ def _clustered(n: int, seed: int):
 
 
 def test_neighbors_finds_a_small_population_among_several():
-  """The headline's reason to be (gpt_ads.detectors, item 5): bots as a small group among several human
+  """The headline's reason to be (gpt_ads.downstream.detectors, item 5): bots as a small group among several human
   populations of different sizes, found by the radius that holds 1% .. 20% of the users. Scoring the
   reference users themselves (self excluded) matches scoring fresh users."""
   (ref, _), (target, y) = _clustered(4000, 0), _clustered(4000, 1)
@@ -140,7 +141,7 @@ def run_dir(trained_run):
 
 
 def _downstream(workdir, *args):
-  return subprocess.run([sys.executable, "-m", "gpt_ads.downstream", f"--workdir={workdir}",
+  return subprocess.run([sys.executable, "-m", "gpt_ads.cli.downstream", f"--workdir={workdir}",
                          f"--data_dir={workdir}/generated_data", *args], cwd=ROOT, capture_output=True, text=True,
                         timeout=600, env=subprocess_env())
 

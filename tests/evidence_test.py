@@ -1,4 +1,4 @@
-"""api.user_evidence (gpt_ads.evidence) against the same statistics computed by hand from api.apply's full
+"""api.user_evidence (gpt_ads.objective.evidence) against the same statistics computed by hand from api.apply's full
 log-probabilities, on the shared tiny trained run (ad_id has a copy term over 2 lags)."""
 
 import functools
@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from gpt_ads import api, evidence
+from gpt_ads import api
+from gpt_ads.objective import evidence
 from numerics import assert_close
 
 

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from conftest import TRAINED_RUN, subprocess_env, tiny_config, tiny_flags
-from gpt_ads import api, checkpoint, config_lib, features, optim, preemption, sharding, train, train_state
+from gpt_ads import api, config_lib, features
+from gpt_ads.training import checkpoint, optim, preemption, sharding, train, train_state, workdir
 from gpt_ads.data import datasets
 from gpt_ads.model import Model, ModelConfig
 
@@ -27,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _start(workdir: str, log: str, **env) -> subprocess.Popen:
   """The trained_run fixture's command (same flags, same process setup), on another workdir."""
-  cmd = [sys.executable, "-m", "gpt_ads.main", *tiny_flags(**TRAINED_RUN), f"--workdir={workdir}"]
+  cmd = [sys.executable, "-m", "gpt_ads.cli.train", *tiny_flags(**TRAINED_RUN), f"--workdir={workdir}"]
   return subprocess.Popen(cmd, cwd=ROOT, env=subprocess_env(**env), stdout=subprocess.DEVNULL,
                           stderr=open(log, "w"))
 
@@ -281,7 +282,7 @@ def test_resuming_with_another_schema_or_model_is_refused(tmp_path):
     train.train_and_evaluate(tiny_config(**{"data.synthetic.num_ads": 301}), str(tmp_path))
   other = tiny_config(**{"model.d_model": 32})
   with pytest.raises(ValueError, match=r"model.d_model 24 \(checkpoint\) vs 32 \(now\).*use a new --workdir"):
-    config_lib.check_resumable(str(tmp_path), features.Schema.from_config(other.schema.features), other)
+    workdir.check_resumable(str(tmp_path), features.Schema.from_config(other.schema.features), other)
   # another prepared data set with the same sizes but other vocabulary values
   for name, values in (("old", ["a", "b"]), ("new", ["b", "a"])):
     (tmp_path / name).mkdir()
@@ -289,7 +290,7 @@ def test_resuming_with_another_schema_or_model_is_refused(tmp_path):
               open(tmp_path / name / "schema.json", "w"))
   api.save_run_file(str(tmp_path), schema, config, str(tmp_path / "old"))
   with pytest.raises(ValueError, match="the vocabulary of event_type in .*new differs from the run's data set"):
-    config_lib.check_resumable(str(tmp_path), schema, config, str(tmp_path / "new"))
+    workdir.check_resumable(str(tmp_path), schema, config, str(tmp_path / "new"))
 
 
 def test_unwritable_or_full_workdir_fails_at_start(tmp_path, monkeypatch):
@@ -298,14 +299,14 @@ def test_unwritable_or_full_workdir_fails_at_start(tmp_path, monkeypatch):
   with pytest.raises(ValueError, match="is not writable .*choose another directory"):
     train.train_and_evaluate(tiny_config(), str(blocker / "run"))
   free = lambda path: type("Usage", (), {"free": 1 << 20})()  # noqa: E731 - 1 MiB left
-  monkeypatch.setattr(config_lib.shutil, "disk_usage", free)
+  monkeypatch.setattr(workdir.shutil, "disk_usage", free)
   with pytest.raises(ValueError, match=r"has 1.0 MiB free but its checkpoints need about .* MiB more"):
     train.train_and_evaluate(tiny_config(), str(tmp_path / "run"))
   assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "model.json").exists()
 
 
 def test_cli_unknown_override_is_one_line(tmp_path):
-  proc = subprocess.run([sys.executable, "-m", "gpt_ads.main", "--config=configs/default.py:nano",
+  proc = subprocess.run([sys.executable, "-m", "gpt_ads.cli.train", "--config=configs/default.py:nano",
                          f"--workdir={tmp_path}", "--config.train.chekpoint_every=5"], cwd=ROOT, capture_output=True,
                         text=True, timeout=300, env=subprocess_env())
   assert proc.returncode == 2

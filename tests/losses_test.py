@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt_ads import features, losses, negatives
+from gpt_ads import features
+from gpt_ads.objective import losses, negatives
 from gpt_ads.model.heads import NEG_INF, copy_bonus, recent_ids, valid_ids
 from numerics import assert_close
 

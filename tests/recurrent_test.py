@@ -109,7 +109,7 @@ def test_variants_run(overrides):
 
 def test_lstm_trains(tmp_path):
   """40 steps through the trainer: the training loss falls and the test loss beats the unigram baseline."""
-  from gpt_ads import train
+  from gpt_ads.training import train
   result = train.train_and_evaluate(tiny_config(**{
       "model.backbone": "lstm", "train.num_steps": 40, "train.eval_every": 0, "train.checkpoint_every": 1000,
       "train.learning_rate": 3e-3, "train.log_every": 10}), str(tmp_path))

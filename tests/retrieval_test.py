@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from gpt_ads import api, retrieval
+from gpt_ads import api
+from gpt_ads.downstream import retrieval
 
 
 def test_metrics_formula():

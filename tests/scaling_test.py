@@ -1,4 +1,4 @@
-"""Tests for gpt_ads.scaling (synthetic data, no training)."""
+"""Tests for gpt_ads.scaling.fits (synthetic data, no training)."""
 
 import csv
 import json
@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from gpt_ads import scaling, sweep_report
+from gpt_ads.scaling import fits as scaling, report as sweep_report
 
 ALPHA, N_C = 0.076, 8.8e13
 N = np.geomspace(1e4, 1e7, 8)

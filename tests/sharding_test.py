@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from gpt_ads import features, optim, sharding, train, train_state
+from gpt_ads import features
+from gpt_ads.training import optim, sharding, steps, train_state
 from gpt_ads.data import datasets, pipeline
 from gpt_ads.model import Model, ModelConfig
 from gpt_ads.model.model import dummy_batch
@@ -70,7 +71,7 @@ def test_loss_is_the_same_on_one_device_and_on_an_fsdp_tensor_mesh(tmp_path, fac
                          **{f"mesh.{k}": v for k, v in sizes.items()})
     mesh, rule_set, model, tx, lr, abstract, shardings = _setup(config, devices)
     data_sharding = sharding.batch_sharding(mesh, rule_set)
-    step = train.jit_train_step(model=model, tx=tx, lr_schedule=lr, unigram_log_q={}, rule_set=rule_set,
+    step = steps.jit_train_step(model=model, tx=tx, lr_schedule=lr, unigram_log_q={}, rule_set=rule_set,
                                 grad_accum_steps=1, state_shardings=shardings, data_sharding=data_sharding)
     with jax.set_mesh(mesh):
       state = train_state.create(jax.random.key(0), model, tx, shardings)

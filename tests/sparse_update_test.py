@@ -1,4 +1,4 @@
-"""Row-sparse ("lazy") AdamW (gpt_ads.sparse_update): the rows a step reads get AdamW by hand, the rest of the
+"""Row-sparse ("lazy") AdamW (gpt_ads.training.sparse_update): the rows a step reads get AdamW by hand, the rest of the
 state stays bitwise; loss and gradients are the dense step's; a run with it trains and resumes exactly."""
 
 import functools
@@ -12,7 +12,9 @@ import optax
 import pytest
 
 from conftest import tiny_config
-from gpt_ads import config_lib, features, objective, optim, sharding, sparse_update, train, train_state
+from gpt_ads import config_lib, features
+from gpt_ads.objective import objective
+from gpt_ads.training import optim, sharding, sparse_update, steps, train, train_state
 from gpt_ads.model import Model, ModelConfig
 from gpt_ads.model.heads import id_param_paths
 from numerics import assert_close
@@ -47,7 +49,7 @@ def _get(tree, path):
 
 
 def _dense_gradient(model, params, batch, rng):
-  """The reference: jax.grad of the loss w.r.t. the full params, with the step's negatives (train.step_gradients'
+  """The reference: jax.grad of the loss w.r.t. the full params, with the step's negatives (steps.step_gradients'
   rng convention, k = 1) -> (gradient, {name: Negatives})."""
   drop_rng, neg_rng = jax.random.split(rng)
   negs = objective.draw_negatives(batch, neg_rng, schema=model.schema, unigram_log_q={})
@@ -66,7 +68,7 @@ def test_step_is_lazy_adamw_on_the_rows_read():
   the easier case of the same code; it was checked once and dropped to keep the suite's time)."""
   config = tiny_config(**{"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2})
   mesh, rule_set, model, tx, lr, shardings = _setup(config)
-  step = train.jit_train_step(model=model, tx=tx, lr_schedule=lr, unigram_log_q={}, rule_set=rule_set,
+  step = steps.jit_train_step(model=model, tx=tx, lr_schedule=lr, unigram_log_q={}, rule_set=rule_set,
                               grad_accum_steps=1, state_shardings=shardings,
                               data_sharding=sharding.batch_sharding(mesh, rule_set), sparse_min_vocab=SPARSE)
   batches = [_batch(model.schema, seed) for seed in (0, 1)]
@@ -119,7 +121,7 @@ def test_loss_and_gradients_match_the_dense_step(accum, tied, factorization):
     params = train_state.create(jax.random.key(0), model, tx, shardings).params
     out = {}
     for m in (0, SPARSE):
-      fn = functools.partial(train.step_gradients, model=model, unigram_log_q={}, rule_set=rule_set,
+      fn = functools.partial(steps.step_gradients, model=model, unigram_log_q={}, rule_set=rule_set,
                              grad_accum_steps=accum, sparse_min_vocab=m)
       out[m] = jax.device_get(jax.jit(lambda p, b: (lambda r, lp, g: (r.ids, lp, g))(*fn(p, b, jax.random.key(3))))(
           params, batch))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from gpt_ads import objective
+from gpt_ads.objective import objective
 from gpt_ads.data import datasets, pipeline, store
 from gpt_ads.model import Model, ModelConfig
 from gpt_ads.model.model import dummy_batch

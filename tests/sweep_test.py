@@ -14,14 +14,14 @@ def _sweep_file(tmp_path):
   path = tmp_path / "tiny_sweep.py"
   overrides = {**TINY, "train.num_steps": 4, "train.eval_every": 0, "train.checkpoint_every": 1000}
   path.write_text(
-      "from gpt_ads.sweep import grid\n\n\n"
+      "from gpt_ads.scaling.sweep import grid\n\n\n"
       "def get_sweep(arg=None):\n"
       f"  return grid(config='configs/default.py', size=['nano', 'micro'], overrides={overrides!r})\n")
   return str(path)
 
 
 def _run(*args):
-  return subprocess.run([sys.executable, "-m", "gpt_ads.sweep", *args], cwd=ROOT, capture_output=True, text=True,
+  return subprocess.run([sys.executable, "-m", "gpt_ads.cli.sweep", *args], cwd=ROOT, capture_output=True, text=True,
                         timeout=600, env=subprocess_env())
 
 
@@ -59,7 +59,7 @@ def test_bad_sweep_is_one_line(tmp_path):
 
 
 def test_flops_budget_sets_the_steps_that_spend_it():
-  from gpt_ads import sweep
+  from gpt_ads.scaling import sweep
   runs = sweep.grid(config="configs/default.py", size=["nano", "micro"], flops_budget=[1e12],
                     overrides={"train.batch_size": 32})
   assert [r["name"] for r in runs] == ["nano_flops1e12", "micro_flops1e12"]

@@ -444,7 +444,7 @@ ADDED_KEYS = ("bot_kinds", "bot_length_ranges", "mimic_strength", "mimic_concent
 
 def test_legacy_bots_reproduce_the_original_process():
   """bot_kinds="" with the old 8 / 2 segments, or a config stored before the bot-kind keys existed (what
-  gpt_ads.downstream rebuilds from a data set), gives the original process and samples."""
+  gpt_ads.downstream.tasks rebuilds from a data set), gives the original process and samples."""
   cfg = synthetic.default_config()
   cfg.num_segments, cfg.num_bot_segments, cfg.bot_kinds = 8, 2, ""
   stored = ml_collections.ConfigDict({k: v for k, v in cfg.to_dict().items() if k not in ADDED_KEYS})

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import subprocess_env, tiny_config
-from gpt_ads import checkpoint, features, optim, sharding, train, train_state
+from gpt_ads import features
+from gpt_ads.training import checkpoint, optim, sharding, steps, train, train_state
 from gpt_ads.data import datasets, pipeline
 from gpt_ads.model import Model, ModelConfig
 from numerics import assert_close
@@ -41,7 +42,7 @@ def test_train_step_compiles_once_and_accumulates(tmp_path):
   dsh = sharding.batch_sharding(mesh, rule_set)
   metrics, params = {}, {}
   for accum in (1, 2):
-    step = train.jit_train_step(model=model, tx=tx, lr_schedule=lr, unigram_log_q={}, rule_set=rule_set,
+    step = steps.jit_train_step(model=model, tx=tx, lr_schedule=lr, unigram_log_q={}, rule_set=rule_set,
                                 grad_accum_steps=accum, state_shardings=shardings, data_sharding=dsh)
     with jax.set_mesh(mesh):
       state = train_state.create(jax.random.key(0), model, tx, shardings)
@@ -145,7 +146,7 @@ def test_loss_falls_on_generated_data(tmp_path):
 
 
 def test_cli_rejects_bad_config_with_one_line(tmp_path):
-  cmd = [sys.executable, "-m", "gpt_ads.main", "--config=configs/default.py:nano", f"--workdir={tmp_path}",
+  cmd = [sys.executable, "-m", "gpt_ads.cli.train", "--config=configs/default.py:nano", f"--workdir={tmp_path}",
          "--config.model.combine=product"]
   proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
                         env=subprocess_env())

@@ -7,14 +7,14 @@ significantly better"), on generated data with four kinds of bots.
 Four transformer sizes (nano .. small), the demo recipe for `steps` steps each, evaluated on `test_users` test
 users (>= 20,000, so that recall at 1% FPR rests on >= 150 negatives above the threshold). REPORT.md then has the
 recall at 1% / 5% FPR by bucket of predicted-event count for every size, beside the Bayes-optimal detector's,
-with bootstrap 95% intervals (gpt_ads.sweep_report).
+with bootstrap 95% intervals (gpt_ads.scaling.report).
 
 Argument keys: steps (per run, default 600), users (training users, default 50000), test_users (default 20000),
 factorization (model.event_factorization; default "independent", the study's objective; "chain" for the joint).
 """
 
 from gpt_ads import config_lib
-from gpt_ads.sweep import grid
+from gpt_ads.scaling.sweep import grid
 
 
 def get_sweep(arg=None):

@@ -9,7 +9,7 @@ factorization (model.event_factorization; default "independent", the study's obj
 """
 
 from gpt_ads import config_lib
-from gpt_ads.sweep import grid
+from gpt_ads.scaling.sweep import grid
 
 
 def get_sweep(arg=None):

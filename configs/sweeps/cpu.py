@@ -8,7 +8,7 @@ Four parts, all with the demo recipe (batch 64, lr 2e-3, cosine) and the same ge
             L(N) on test loss and on the excess over the exact Bayes bound;
   lstm      3 LSTM backbones over the same budget of steps: the transformer-vs-LSTM slopes;
   data      two ladder sizes on 10% and 30% of the training users: the data each needs for a target loss;
-  compute   three sizes at one training-FLOPs budget (steps from gpt_ads.accounting): the best size at fixed
+  compute   three sizes at one training-FLOPs budget (steps from gpt_ads.training.accounting): the best size at fixed
             compute.
 
 Argument keys: steps (per size / data run, default 600), users (training users, default 100000), budget (FLOPs of
@@ -17,9 +17,9 @@ objective, which the parameter counts below are for; "chain" for the exact joint
 """
 
 from gpt_ads import config_lib
-from gpt_ads.sweep import grid
+from gpt_ads.scaling.sweep import grid
 
-# name -> model settings. Non-embedding parameters on the default schema in the comments (gpt_ads.accounting).
+# name -> model settings. Non-embedding parameters on the default schema in the comments (gpt_ads.training.accounting).
 LADDER = {
     "d16L1": dict(d_model=16, num_layers=1, num_heads=2, mlp_dim=64),  # 3,473
     "d24L1": dict(d_model=24, num_layers=1, num_heads=2, mlp_dim=96),  # 7,705

@@ -18,7 +18,7 @@ import os
 import runpy
 
 from gpt_ads import config_lib
-from gpt_ads.sweep import grid
+from gpt_ads.scaling.sweep import grid
 
 _CPU = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu.py"))  # the shared ladder
 LADDER, DATA, COMPUTE = _CPU["LADDER"], _CPU["DATA"], _CPU["COMPUTE"]

@@ -8,7 +8,7 @@ Argument keys: steps (per run, default 1000), users (training users, default 100
 """
 
 from gpt_ads import config_lib
-from gpt_ads.sweep import grid
+from gpt_ads.scaling.sweep import grid
 
 
 def get_sweep(arg=None):

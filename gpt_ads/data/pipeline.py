@@ -27,16 +27,17 @@ import numpy as np
 
 from gpt_ads import features as features_lib
 
-SEGMENT_IDS, POSITIONS = "segment_ids", "positions"
-# Users per batched read (`source._getitems`): an ArrayRecord single-record read costs time linear in its
+SEGMENT_IDS, POSITIONS = features_lib.SEGMENT_IDS, features_lib.POSITIONS
+# Users per batched read (`source.__getitems__`): an ArrayRecord single-record read costs time linear in its
 # shard's record count (~0.5 ms per user on a 100K-user shard here); a batched read of 64 ~30 us per user.
 READ_BLOCK = 64
 
 
 def read(source, keys: Sequence[int]) -> list[dict]:
-  """The records `keys` of `source` in one batched read where the source has one (`_getitems`), else one by one."""
+  """The records `keys` of `source` in one batched read where the source has one (`__getitems__`, the batched
+  read grain uses too), else one by one."""
   keys = list(keys)
-  return source._getitems(keys) if hasattr(source, "_getitems") else [source[k] for k in keys]
+  return source.__getitems__(keys) if hasattr(source, "__getitems__") else [source[k] for k in keys]
 
 
 class Window:

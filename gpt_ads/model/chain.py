@@ -69,7 +69,7 @@ def next_ids(batch: dict[str, jax.Array], names, at: jax.Array | None = None,
   position on (PAD where the next position is padding or another user); with `at` ([b] positions) [b, 1]:
   `given[name]` ([b] or [b, 1]) where given, else PAD."""
   if at is None:
-    seg = batch["segment_ids"]
+    seg = batch[features_lib.SEGMENT_IDS]
     next_seg = next_event(seg, 0)
     same_user = (next_seg == seg) & (seg > 0)  # [b, t]: a packed row's next user is no next event
     return {n: jnp.where(same_user, next_event(batch[n], features_lib.PAD_ID), features_lib.PAD_ID) for n in names}

@@ -59,7 +59,7 @@ class FeatureEmbed(nn.Module):
                 name="combine")(x)
     pos = self.param("positions", nn.with_logical_partitioning(EMBED_INIT, (axes.P_POSITION, axes.P_EMBED)),
                      (cfg.max_len, cfg.d_model), jnp.float32)
-    x = x + jnp.take(pos, batch["positions"], axis=0).astype(dtype)  # [b, t, d]
+    x = x + jnp.take(pos, batch[features_lib.POSITIONS], axis=0).astype(dtype)  # [b, t, d]
     return nn.with_logical_constraint(x, (axes.BATCH, axes.LENGTH, axes.EMBED)), looked_up
 
 

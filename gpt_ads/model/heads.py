@@ -160,7 +160,7 @@ class FeatureHeads(nn.Module):
       if f.sampled and f.copy_lags:
         gates_key, ids_key = copy_keys(f.name)
         out[f.name], out[gates_key] = SampledHead(f, cfg, name=f.name)(hf)
-        out[ids_key] = recent_ids(batch[f.name], batch["segment_ids"], f.copy_lags)  # [b, t, k]
+        out[ids_key] = recent_ids(batch[f.name], batch[features_lib.SEGMENT_IDS], f.copy_lags)  # [b, t, k]
         if at is not None:
           out[ids_key] = take_at(out[ids_key], at)
       elif f.sampled:

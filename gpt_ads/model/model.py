@@ -47,7 +47,7 @@ class Model(nn.Module):
     if hidden is None:
       x = nn.Dropout(self.cfg.dropout)(x, deterministic=deterministic)
       backbone = RecurrentDecoder if self.cfg.backbone == "lstm" else Decoder
-      hidden = backbone(self.cfg, deterministic, name="decoder")(x, batch["segment_ids"])  # [b, t, d]
+      hidden = backbone(self.cfg, deterministic, name="decoder")(x, batch[features_lib.SEGMENT_IDS])  # [b, t, d]
     outputs = FeatureHeads(self.schema, self.cfg, name="heads")(hidden, batch, at=at, values=values)
     return outputs, hidden.astype(jnp.float32)
 
@@ -55,6 +55,6 @@ class Model(nn.Module):
 def dummy_batch(schema: features_lib.Schema, batch_size: int, length: int) -> dict[str, jax.Array]:
   """A batch of the right structure (for init and shape inference)."""
   b = {f.name: jnp.full((batch_size, length), features_lib.OOV_ID, jnp.int32) for f in schema}
-  b["segment_ids"] = jnp.ones((batch_size, length), jnp.int32)
-  b["positions"] = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch_size, length))
+  b[features_lib.SEGMENT_IDS] = jnp.ones((batch_size, length), jnp.int32)
+  b[features_lib.POSITIONS] = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch_size, length))
   return b

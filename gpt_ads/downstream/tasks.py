@@ -5,7 +5,7 @@ Uses a pre-trained run (gpt_ads.api) for a per-user binary label of a prepared d
 `labels`; generated data carries `is_bot` and `converted`) and writes `DIR/downstream/<label>_<task>.json`
 (`<label>_probe_pu<N>.json` with `--labeled_positives=N`). Every task reads the users' evidence from one forward
 pass (`api.user_evidence`: per-feature NLL, entropy, gain over the training unigram, repeat probability, user
-vectors) and scores with gpt_ads.detectors:
+vectors) and scores with gpt_ads.downstream.detectors:
 
   probe     a logistic regression (L2 by cross-validation) on [length-calibrated evidence, user vectors, the
             unsupervised scores] of the training users, evaluated on the test users. With
@@ -16,7 +16,7 @@ vectors) and scores with gpt_ads.detectors:
   anomaly   no label is used for fitting or for choosing among scores: robust distances of the calibrated
             evidence and of the user vectors from the (unlabeled) training users, an isolation forest, and the
             headline by rule, `neighbors`: how far a user's nearest 1% .. 20% of the training users lie
-            (a behaviour shared by few users; gpt_ads.detectors says why).
+            (a behaviour shared by few users; gpt_ads.downstream.detectors says why).
 
 Every task writes `auc` and `recall_at_fpr` ({"0.01": ..., "0.05": ...}: the share of positives scored above the
 threshold that flags that fraction of negatives — the study's invalid-traffic recall at a fixed FPR), and
@@ -28,32 +28,21 @@ best any method can do, `bayes_fraction` = (auc − 0.5) / (bayes auc − 0.5) a
 
 import functools
 import os
-import sys
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+import optax
 
-from gpt_ads import detectors
+from gpt_ads import api, features
+from gpt_ads.data import pipeline, store, synthetic
+from gpt_ads.downstream import detectors
+from gpt_ads.objective import evidence
+from gpt_ads.training import workdir as workdir_lib
 
-FLAGS = flags.FLAGS
 TASKS = ("probe", "finetune", "anomaly")
 FPRS = (0.01, 0.05)
-
-
-def _define_flags() -> None:
-  flags.DEFINE_string("workdir", None, "A gpt-ads-train run directory (its latest checkpoint is used).")
-  flags.DEFINE_string("data_dir", None, "Prepared data set with the label (default: the one the run trained on).")
-  flags.DEFINE_string("label", None, "Binary label column of the data set (e.g. is_bot, converted).")
-  flags.DEFINE_enum("task", None, list(TASKS), "probe | finetune | anomaly.")
-  flags.DEFINE_integer("labeled_positives", 0, "probe: only this many training positives are known, every other "
-                       "training user is unlabeled (positive-unlabeled learning); 0 = every label.")
-  flags.DEFINE_enum("pooling", "last", ["last", "mean"], "finetune: the user vector (after the last event, or mean).")
-  flags.DEFINE_integer("max_users", 20_000, "At most this many users per split (the first ones).")
-  flags.DEFINE_integer("finetune_steps", 300, "finetune: optimizer steps.")
-  flags.DEFINE_float("finetune_lr", 3e-4, "finetune: AdamW learning rate (encoder and head).")
-  flags.DEFINE_integer("batch_size", 256, "Users per forward pass (finetune: per step, capped at 64).")
-  flags.mark_flags_as_required(["workdir", "label", "task"])
 
 
 def metrics(scores, labels) -> dict:
@@ -65,7 +54,6 @@ def metrics(scores, labels) -> dict:
 def read_split(prepared, split: str, label: str, *, names, max_len: int, limit: int):
   """-> (rows {feature / segment_ids / positions: int32 [n, max_len]}, labels float [n], records) of the first
   `limit` users of `split` (each user's last max_len events, one user per row)."""
-  from gpt_ads.data import pipeline
   source = prepared.source(split)
   n = min(len(source), limit)
   records = []
@@ -100,7 +88,7 @@ def _batches(batch: dict, size: int):
   n = len(next(iter(batch.values())))
   for start in range(0, n, size):
     part = {k: v[start:start + size] for k, v in batch.items()}
-    real = len(part["segment_ids"])
+    real = len(part[features.SEGMENT_IDS])
     if real < size:
       part = {k: np.concatenate([v, np.zeros((size - real,) + v.shape[1:], v.dtype)]) for k, v in part.items()}
     yield part, real
@@ -108,8 +96,6 @@ def _batches(batch: dict, size: int):
 
 def user_evidence(params, schema, config, batch: dict, *, background, size: int) -> dict[str, np.ndarray]:
   """`api.user_evidence` of every row of `batch`, jitted once, in slices of `size` rows -> {key: np array}."""
-  import jax
-  from gpt_ads import api
   fn = jax.jit(functools.partial(api.user_evidence, schema=schema, config=config, background=background,
                                  vocab_chunk=config.eval.vocab_chunk))
   parts = [(jax.device_get(fn(params, part)), real) for part, real in _batches(batch, size)]
@@ -118,8 +104,8 @@ def user_evidence(params, schema, config, batch: dict, *, background, size: int)
 
 # ---- the three tasks --------------------------------------------------------------------------------------------
 def probe(ctx) -> dict:
-  """The labelled detector of gpt_ads.detectors fitted on the training users; with `labeled_positives` = N > 0,
-  only N random training positives are labeled (positive-unlabeled)."""
+  """The labelled detector of gpt_ads.downstream.detectors fitted on the training users; with
+  `labeled_positives` = N > 0, only N random training positives are labeled (positive-unlabeled)."""
   train = ctx.evidence("train")
   unsup = detectors.Unsupervised(train)
   y = ctx.labels["train"].astype(int)
@@ -134,10 +120,6 @@ def probe(ctx) -> dict:
 
 
 def finetune(ctx) -> dict:
-  import jax
-  import jax.numpy as jnp
-  import optax
-  from gpt_ads import api
   schema, config, opts = ctx.schema, ctx.config, ctx.opts
   batch, y = ctx.batches["train"], ctx.labels["train"]
   d = config.model.d_model
@@ -173,7 +155,7 @@ def finetune(ctx) -> dict:
 
 
 def anomaly(ctx) -> dict:
-  """No label: the unsupervised scores of gpt_ads.detectors, fitted on the (unlabeled) training users."""
+  """No label: the unsupervised scores of gpt_ads.downstream.detectors, fitted on the (unlabeled) training users."""
   unsup = detectors.Unsupervised(ctx.evidence("train"))
   scores = unsup.scores(ctx.evidence("test"))
   y = ctx.labels["test"]
@@ -189,7 +171,6 @@ def bayes_reference(prepared, records: list[dict], label: str):
   if source.get("generator") != "gpt_ads.data.synthetic" or label not in ("is_bot", "converted"):
     return None, None
   import ml_collections
-  from gpt_ads.data import synthetic
   process = synthetic.Process(ml_collections.ConfigDict(source["synthetic"]))
   lengths = np.array([len(r[synthetic.FEATURE_NAMES[0]]) for r in records], np.int32)
   t = max(int(lengths.max()), 1)
@@ -246,8 +227,6 @@ class _Context:
   """Lazily computed inputs shared by the tasks (each split read once, its evidence computed at most once)."""
 
   def __init__(self, workdir, data_dir, label, opts):
-    from gpt_ads import api, evidence
-    from gpt_ads.data import store
     self.params, self.schema, self.config = api.load(workdir)
     self.prepared = store.open_dir(data_dir)
     missing = sorted(set(self.schema.names) - set(self.prepared.feature_names))
@@ -264,7 +243,7 @@ class _Context:
     for split in ("train", "validation", "test"):
       b, y, r = read_split(self.prepared, split, label, names=self.schema.names,
                            max_len=self.config.model.max_len, limit=opts["max_users"])
-      events = (b["segment_ids"] > 0).sum(1) if b else np.zeros(0, int)
+      events = (b[features.SEGMENT_IDS] > 0).sum(1) if b else np.zeros(0, int)
       keep = np.isfinite(y) & (events >= 2)  # one event: nothing is predicted, so there is no evidence
       self.excluded[split] = int((np.isfinite(y) & (events < 2)).sum())
       self.batches[split] = {k: v[keep] for k, v in b.items()}
@@ -291,7 +270,6 @@ def output_path(workdir: str, label: str, task: str, labeled_positives: int = 0)
 def run_task(workdir: str, data_dir: str | None, label: str, task: str, **opts) -> dict:
   """Runs one task and writes `output_path(...)`; returns its content. `data_dir` None: the data set the run
   trained on."""
-  from gpt_ads import api
   data_dir = data_dir or api.run_data_dir(workdir)
   if not data_dir:
     raise ValueError(f"{workdir}: the run does not record its data set; pass --data_dir")
@@ -312,7 +290,7 @@ def run_task(workdir: str, data_dir: str | None, label: str, task: str, **opts) 
             "data_dir": os.path.abspath(data_dir), "seconds": time.time() - t0}
   scores = np.asarray(result_scores)
   bayes, kinds = bayes_reference(ctx.prepared, ctx.records["test"], label)
-  predicted = (ctx.batches["test"]["segment_ids"] > 0).sum(1) - 1
+  predicted = (ctx.batches["test"][features.SEGMENT_IDS] > 0).sum(1) - 1
   result["by_length"] = breakdown(scores, y, bayes, length_groups(predicted))
   if bayes is not None and label == "is_bot":  # positives of one kind against every negative
     kinds = np.array(kinds)
@@ -323,34 +301,8 @@ def run_task(workdir: str, data_dir: str | None, label: str, task: str, **opts) 
     result["bayes_fraction"] = (result["auc"] - 0.5) / (result["bayes"]["auc"] - 0.5)
     result["recall_fraction_of_bayes"] = {f: result["recall_at_fpr"][f] / max(result["bayes"]["recall_at_fpr"][f],
                                                                               1e-12) for f in result["recall_at_fpr"]}
-  from gpt_ads import logbook
   path = output_path(workdir, label, task, opts["labeled_positives"])
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  logbook.write_json(path, result)
+  workdir_lib.write_json(path, result)
   result["path"] = path
   return result
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  try:
-    r = run_task(FLAGS.workdir, FLAGS.data_dir, FLAGS.label, FLAGS.task, pooling=FLAGS.pooling,
-                 max_users=FLAGS.max_users, finetune_steps=FLAGS.finetune_steps, finetune_lr=FLAGS.finetune_lr,
-                 batch_size=FLAGS.batch_size, labeled_positives=FLAGS.labeled_positives)
-  except ValueError as e:
-    print(f"gpt-ads-downstream: error: {e}", file=sys.stderr)
-    sys.exit(2)
-  bayes = f"  (Bayes-optimal auc {r['bayes']['auc']:.4f}, recall@1% {r['bayes']['recall_at_fpr']['0.01']:.4f})" \
-      if "bayes" in r else ""
-  print(f"{r['label']} {r['task']}: auc {r['auc']:.4f}, recall@1%FPR {r['recall_at_fpr']['0.01']:.4f}, "
-        f"recall@5%FPR {r['recall_at_fpr']['0.05']:.4f}{bayes} -> {r['path']}")
-
-
-def run():
-  _define_flags()
-  app.run(main)
-
-
-if __name__ == "__main__":
-  run()

@@ -16,8 +16,10 @@ import jax
 import numpy as np
 from absl import logging
 
-from gpt_ads import config_lib, features, logbook, optim, sharding, train
-from gpt_ads import train_state as train_state_lib
+from gpt_ads import config_lib, features
+from gpt_ads.training import optim, sharding, steps
+from gpt_ads.training import workdir as workdir_lib
+from gpt_ads.training import train_state as train_state_lib
 from gpt_ads.data import datasets, pipeline, store
 from gpt_ads.model import Model, ModelConfig
 
@@ -54,10 +56,10 @@ def plan(config) -> dict:
            for k in (*schema.names, pipeline.SEGMENT_IDS, pipeline.POSITIONS)}
   unigram_log_q = {f.name: jax.ShapeDtypeStruct((f.vocab_size,), np.float32)
                    for f in schema.sampled if f.sampler in ("unigram", "in_batch")}
-  step = train.jit_train_step(model=model, tx=tx, lr_schedule=lr_schedule, unigram_log_q=unigram_log_q,
+  step = steps.jit_train_step(model=model, tx=tx, lr_schedule=lr_schedule, unigram_log_q=unigram_log_q,
                               rule_set=rule_set, grad_accum_steps=config.train.grad_accum_steps,
                               state_shardings=state_shardings, data_sharding=data_sharding,
-                              sparse_min_vocab=config.train.get("sparse_update_min_vocab", 0))
+                              sparse_min_vocab=config_lib.option(config.train, "sparse_update_min_vocab"))
   with jax.set_mesh(mesh):
     compiled = step.lower(abstract, batch, jax.ShapeDtypeStruct((), jax.random.key(0).dtype)).compile()
   mem = compiled.memory_analysis()
@@ -91,7 +93,7 @@ def _gib(n: int) -> str:
 
 def run(config, workdir: str) -> dict:
   """Prints the plan and writes `workdir/memory_plan.json` (process 0)."""
-  config_lib.check_workdir(workdir)
+  workdir_lib.check_workdir(workdir)
   result = plan(config)
   if jax.process_index() == 0:
     lines = [f"memory plan: {result['devices']} devices, mesh {result['mesh']}, batch {result['global_batch']} x "
@@ -105,7 +107,7 @@ def run(config, workdir: str) -> dict:
                 f"  step peak         {_gib(result['compiled_peak_bytes_per_device'])} per device (XLA: args + "
                 "outputs - aliased + temp)"]
     print("\n".join(lines))
-    logbook.write_json(os.path.join(workdir, "memory_plan.json"), result)
+    workdir_lib.write_json(os.path.join(workdir, "memory_plan.json"), result)
   logging.info("memory plan: %s", result)
   return result
 

@@ -8,11 +8,7 @@ import json
 import math
 import os
 
-import jax
-
-
-def _is_writer() -> bool:
-  return jax.process_index() == 0
+from gpt_ads.training import workdir as workdir_lib
 
 
 def _step(line: str) -> float:
@@ -31,9 +27,9 @@ class Logbook:
   def __init__(self, workdir: str, *, resume_step: int = 0):
     self.workdir = workdir
     self._tb = None
-    if not _is_writer():
+    if not workdir_lib.is_writer():
       return
-    path = os.path.join(workdir, "metrics.jsonl")
+    path = workdir_lib.metrics_file(workdir)
     if os.path.exists(path):  # drop records past the step we resume from (they will be logged again)
       with open(path, errors="replace") as f:
         keep = [line for line in f if _step(line) <= resume_step]
@@ -41,7 +37,7 @@ class Logbook:
         f.writelines(keep)
       os.replace(path + ".tmp", path)
     from tensorboardX import SummaryWriter  # no TensorFlow needed
-    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    self._tb = SummaryWriter(os.path.join(workdir, workdir_lib.TENSORBOARD))
 
   def log(self, step: int, metrics: dict[str, float]) -> None:
     """Appends one record; raises if a loss is not finite (so no NaN run goes on silently)."""
@@ -49,26 +45,14 @@ class Logbook:
     if bad:
       raise FloatingPointError(f"step {step}: non-finite {', '.join(bad)} = "
                                f"{[metrics[k] for k in bad]}; lower config.train.learning_rate or check the data")
-    if not _is_writer():
+    if not workdir_lib.is_writer():
       return
-    with open(os.path.join(self.workdir, "metrics.jsonl"), "a") as f:
+    with open(workdir_lib.metrics_file(self.workdir), "a") as f:
       f.write(json.dumps({"step": step, **metrics}) + "\n")
     for k, v in metrics.items():
       self._tb.add_scalar(k, v, step)
     self._tb.flush()
 
-  def write_json(self, name: str, obj: dict) -> None:
-    write_json(os.path.join(self.workdir, name), obj)
-
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
-
-
-def write_json(path: str, obj: dict) -> None:
-  """Writes `obj` to `path` whole (temp file + rename); only process 0 writes."""
-  if not _is_writer():
-    return
-  with open(path + ".tmp", "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(path + ".tmp", path)

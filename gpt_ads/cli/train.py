@@ -7,6 +7,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from gpt_ads.cli import errors
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config(arg)).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl, eval.json.")
 _DRY_RUN = flags.DEFINE_bool(
@@ -46,10 +48,10 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   import jax  # after flag parsing, so that --xla / env settings apply
   _initialize_distributed(jax)
-  from gpt_ads import train
+  from gpt_ads.training import train  # imports jax: after the flags and jax.distributed are set up
   try:
     if _DRY_RUN.value:
-      from gpt_ads import memory_plan
+      from gpt_ads.training import memory_plan  # only for --dry_run
       memory_plan.run(_CONFIG.value, _WORKDIR.value)
       return
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
@@ -69,9 +71,7 @@ def main(argv):
 
 
 def _fail(message: str) -> None:
-  """One line on stderr, exit status 2."""
-  print(f"gpt-ads-train: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
-  sys.exit(2)
+  errors.fail("gpt-ads-train", message)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

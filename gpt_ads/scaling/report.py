@@ -23,8 +23,9 @@ import os
 
 import numpy as np
 
-from gpt_ads import scaling
-from gpt_ads.scaling import _num
+from gpt_ads.scaling import fits as scaling
+from gpt_ads.scaling.fits import finite_or_none as _num
+from gpt_ads.training import workdir as workdir_lib
 
 
 def _read_jsonl(path) -> list[dict]:
@@ -127,7 +128,7 @@ def _size_section(fits) -> list[str]:
       if not fit:
         continue
       for x, (med, lo, hi) in fit["extrapolated"].items():
-        pred = float(scaling._law(float(x), fit["alpha"], fit["n_c"], fit["l_inf"]))
+        pred = float(scaling.power_law(float(x), fit["alpha"], fit["n_c"], fit["l_inf"]))
         if fit["runs"] < 4:
           med, lo, hi = pred, float("nan"), float("nan")
         lines.append(f"| {_label(key)} | {what.replace('_', ' ')} | {float(x):.3g} | {pred:.4f} | {med:.4f} | "
@@ -168,7 +169,7 @@ def _curve_fits(workdir, rows) -> list[dict]:
   train/loss) against D = events of training seen (step x batch size)."""
   out = []
   for r in rows:
-    recs = _read_jsonl(os.path.join(workdir, "runs", r["name"], "metrics.jsonl"))
+    recs = _read_jsonl(workdir_lib.metrics_file(os.path.join(workdir, "runs", r["name"])))
     key = "eval/loss" if sum("eval/loss" in x for x in recs) >= 3 else "train/loss"
     pts = [(x["step"], x[key]) for x in recs if key in x and x.get("step", 0) > 0 and x[key] > 0]
     if len({s for s, _ in pts}) < 3:
@@ -330,7 +331,7 @@ def _plot_params(plt, path, rows, fits):
       y = np.array([r["_loss"] - (r["_bayes"] if what == "excess_loss" else 0.0) for r in rs])
       pts = ax.loglog(n, y, marker, label=f"{_label(key)}: {what.replace('_', ' ')}")
       grid = np.geomspace(n.min() / 2, n.max() * 100, 100)
-      ax.loglog(grid, scaling._law(grid, fit["alpha"], fit["n_c"], fit["l_inf"]), "-", color=pts[0].get_color(),
+      ax.loglog(grid, scaling.power_law(grid, fit["alpha"], fit["n_c"], fit["l_inf"]), "-", color=pts[0].get_color(),
                 label=f"α={fit['alpha']:.3f} (R² {fit['r2']:.2f})")
   if not fits:
     ax.loglog([r["_n"] for r in rows if r["_n"] and r["_loss"]],
@@ -361,7 +362,7 @@ def _plot_flops(plt, path, workdir, rows, front):
     flops, step = _num(r.get("train_flops")), _num(r.get("step"))
     if not flops or not step:
       continue
-    recs = _read_jsonl(os.path.join(workdir, "runs", r["name"], "metrics.jsonl"))
+    recs = _read_jsonl(workdir_lib.metrics_file(os.path.join(workdir, "runs", r["name"])))
     key = "eval/loss" if sum("eval/loss" in x for x in recs) >= 2 else "train/loss"
     pts = [(x["step"] * flops / step, x[key]) for x in recs if key in x and x.get("step", 0) > 0]
     if not pts:
@@ -380,7 +381,8 @@ def _plot_flops(plt, path, workdir, rows, front):
 def _plot_curves(plt, path, workdir, rows):
   fig, ax = _new_axes(plt)
   for r in rows:
-    recs = [x for x in _read_jsonl(os.path.join(workdir, "runs", r["name"], "metrics.jsonl")) if "train/loss" in x]
+    recs = _read_jsonl(workdir_lib.metrics_file(os.path.join(workdir, "runs", r["name"])))
+    recs = [x for x in recs if "train/loss" in x]
     if recs:
       ax.plot([x["step"] for x in recs], [x["train/loss"] for x in recs], label=r["name"])
   ax.set_xlabel("step")

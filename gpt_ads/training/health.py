@@ -1,6 +1,6 @@
 """Non-finite training steps: stop with a message naming the step and what went non-finite, or skip the update.
 
-The train step reports two health entries (gpt_ads.train.train_step): "health/finite" (bool []) and
+The train step reports two health entries (gpt_ads.training.steps.train_step): "health/finite" (bool []) and
 "health/grads_finite" (bool [parameter arrays]). The loop hands every step's entries to `Monitor.check`, one step
 late (by then that step has finished, so reading a bool does not stall the dispatch of the next one), and always
 before a state is logged or saved.

@@ -8,7 +8,7 @@ gpt-ads-downstream on every run (the report then has the study's lift table). Ea
 `DIR/runs/<name>`: runs one after another here (resumable: a run with an eval.json is skipped, a half-done run
 resumes from its checkpoints), or `--print_commands` prints one `gpt-ads-train` command per run for a cluster.
 Every finished run's eval.json (and the config keys of CONFIG_KEYS) is gathered into `DIR/results.csv` (one row
-per run), and `gpt_ads.sweep_report` fits and plots them into `DIR/REPORT.md` (+ fit.json, PNGs).
+per run), and `gpt_ads.scaling.report` fits and plots them into `DIR/REPORT.md` (+ fit.json, PNGs).
 """
 
 import csv
@@ -17,24 +17,14 @@ import itertools
 import json
 import os
 import shlex
-import sys
 
-from absl import app, flags, logging
-
-FLAGS = flags.FLAGS
-
-
-def _define_flags() -> None:
-  """CLI flags, defined only by `run()` (sweep files import this module for `grid`)."""
-  flags.DEFINE_string("sweep", None, "Sweep file[:ARGS] (get_sweep(arg) -> runs).")
-  flags.DEFINE_string("workdir", None, "Sweep directory: runs/<name>/ and results.csv.")
-  flags.DEFINE_bool("print_commands", False, "Print one gpt-ads-train command per run instead of running.")
-  flags.DEFINE_string("only", None, "Comma-separated run names to run (default: all).")
-  flags.DEFINE_string("title", "Scaling report", "Title of DIR/REPORT.md.")
-  flags.DEFINE_list("downstream", [], "LABEL:TASK pairs (e.g. converted:probe,is_bot:anomaly) run with "
-                    "gpt-ads-downstream on every finished run (skipped when done); REPORT.md gets the lift table.")
-  flags.DEFINE_integer("downstream_max_users", 20_000, "--max_users of the downstream tasks.")
-  flags.mark_flags_as_required(["sweep", "workdir"])
+from gpt_ads import config_lib, features
+from gpt_ads.data import datasets, store
+from gpt_ads.downstream import tasks as downstream
+from gpt_ads.model import Model, ModelConfig
+from gpt_ads.scaling import report as sweep_report
+from gpt_ads.training import accounting, train
+from gpt_ads.training import workdir as workdir_lib
 
 RESULT_KEYS = ("test_loss", "gap_closed", "gap_closed_joint", "non_embedding_params", "params", "train_flops",
                "flops_per_position", "events_per_sec", "step", "bayes_factorized_loss", "bayes_joint_loss",
@@ -93,10 +83,8 @@ def load_sweep(spec: str) -> list[dict]:
 
 
 def steps_for_budget(config, budget: float) -> int:
-  """Training steps that spend `budget` FLOPs (gpt_ads.accounting's formula) with this config's model and batch."""
-  from gpt_ads import accounting, features
-  from gpt_ads.data import datasets, store
-  from gpt_ads.model import Model, ModelConfig
+  """Training steps that spend `budget` FLOPs (gpt_ads.training.accounting's formula) with this config's model
+  and batch."""
   if config.data.dir:  # a prepared data set decides the schema's vocabularies
     schema = datasets.schema_for(store.open_dir(config.data.dir), config)
   else:
@@ -115,13 +103,10 @@ def run_config(run: dict, workdir: str | None = None):
   unless the run sets data.dir or data.generated_dir itself."""
   config = _load_module(run["config"], "config").get_config(run.get("arg") or None)
   for key, value in run.get("overrides", {}).items():
-    node = config
-    *path, last = key.split(".")
-    for p in path:
-      node = node[p]
-    if last not in node:
-      raise ValueError(f"run {run['name']!r}: override {key} names no config key")
-    node[last] = value
+    try:
+      config_lib.override(config, key, value)
+    except ValueError:
+      raise ValueError(f"run {run['name']!r}: override {key} names no config key") from None
   data = config.get("data", {})
   if workdir and "generated_dir" in data and not data.get("dir") and not data.generated_dir:
     config.data.generated_dir = os.path.join(workdir, "generated")
@@ -150,7 +135,7 @@ def gather(runs: list[dict], workdir: str) -> str:
   path = os.path.join(workdir, "results.csv")
   rows = []
   for run in runs:
-    ev_path = os.path.join(workdir, "runs", run["name"], "eval.json")
+    ev_path = workdir_lib.eval_file(os.path.join(workdir, "runs", run["name"]))
     if not os.path.exists(ev_path):
       continue
     with open(ev_path) as f:
@@ -170,55 +155,24 @@ def gather(runs: list[dict], workdir: str) -> str:
   return path
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  try:
-    runs = all_runs = load_sweep(FLAGS.sweep)
-    tasks = [tuple(x.split(":", 1)) for x in FLAGS.downstream]
-    if any(len(t) != 2 for t in tasks):
-      raise ValueError(f"--downstream={','.join(FLAGS.downstream)}: give LABEL:TASK pairs")
-    if FLAGS.only:
-      wanted = set(FLAGS.only.split(","))
-      unknown = wanted - {r["name"] for r in runs}
-      if unknown:
-        raise ValueError(f"--only names unknown runs {sorted(unknown)}")
-      runs = [r for r in runs if r["name"] in wanted]
-    if FLAGS.print_commands:
-      for run in runs:
-        print(command(run, FLAGS.workdir))
-      return
-    from gpt_ads import train
-    for i, run in enumerate(runs, 1):
-      run_dir = os.path.join(FLAGS.workdir, "runs", run["name"])
-      if os.path.exists(os.path.join(run_dir, "eval.json")):
-        print(f"[{i}/{len(runs)}] {run['name']}: done, skipped")
-        continue
-      print(f"[{i}/{len(runs)}] {run['name']}: {command(run, FLAGS.workdir)}", flush=True)
-      result = train.train_and_evaluate(run_config(run, FLAGS.workdir), run_dir)
-      print(f"[{i}/{len(runs)}] {run['name']}: test_loss={result['test_loss']:.4f}", flush=True)
-    if tasks:
-      from gpt_ads import downstream
-      for run in runs:
-        run_dir = os.path.join(FLAGS.workdir, "runs", run["name"])
-        for label, task in tasks:
-          if not os.path.exists(downstream.output_path(run_dir, label, task)):
-            r = downstream.run_task(run_dir, None, label, task, max_users=FLAGS.downstream_max_users)
-            print(f"{run['name']}: {label} {task} auc={r['auc']:.4f}", flush=True)
-    print(f"wrote {gather(all_runs, FLAGS.workdir)}")
-    from gpt_ads import sweep_report
-    print(f"wrote {sweep_report.report(FLAGS.workdir, title=FLAGS.title)}")
-  except (ValueError, FloatingPointError) as e:
-    print(f"gpt-ads-sweep: error: {e}", file=sys.stderr)
-    sys.exit(2)
-
-
-def run():
-  _define_flags()
-  app.run(main)
-
-
-if __name__ == "__main__":
-  run()
+def run_sweep(runs: list[dict], workdir: str, *, all_runs: list[dict] | None = None, tasks=(),
+              downstream_max_users: int = 20_000, title: str = "Scaling report") -> str:
+  """Trains every run of `runs` not done yet in `workdir`/runs/<name> (one after another, each resumable), runs
+  the downstream `tasks` ((label, task) pairs) on each, then gathers results.csv over `all_runs` (default: runs)
+  and writes REPORT.md; returns the report's path."""
+  for i, run in enumerate(runs, 1):
+    run_dir = os.path.join(workdir, "runs", run["name"])
+    if os.path.exists(workdir_lib.eval_file(run_dir)):
+      print(f"[{i}/{len(runs)}] {run['name']}: done, skipped")
+      continue
+    print(f"[{i}/{len(runs)}] {run['name']}: {command(run, workdir)}", flush=True)
+    result = train.train_and_evaluate(run_config(run, workdir), run_dir)
+    print(f"[{i}/{len(runs)}] {run['name']}: test_loss={result['test_loss']:.4f}", flush=True)
+  for run in runs if tasks else ():
+    run_dir = os.path.join(workdir, "runs", run["name"])
+    for label, task in tasks:
+      if not os.path.exists(downstream.output_path(run_dir, label, task)):
+        r = downstream.run_task(run_dir, None, label, task, max_users=downstream_max_users)
+        print(f"{run['name']}: {label} {task} auc={r['auc']:.4f}", flush=True)
+  print(f"wrote {gather(all_runs or runs, workdir)}")
+  return sweep_report.report(workdir, title=title)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt_ads import features as features_lib
-from gpt_ads import losses, objective
+from gpt_ads.objective import losses, objective
 from gpt_ads.model.heads import copy_inputs, output_table, take_at
 
 VECTORS = ("last", "mean")  # user-vector poolings, "vector/<pooling>"
@@ -108,5 +108,5 @@ def user_evidence(params, outputs: dict[str, jax.Array], hidden: jax.Array, batc
       out[f"{f.name}/repeat"] = mean(repeat)
   out["num_predicted"] = jnp.max(jnp.stack([jnp.sum(mk, axis=1) for mk in mask.values()]), axis=0)
   for pooling in VECTORS:
-    out[f"vector/{pooling}"] = pool(hidden, batch["segment_ids"], pooling)
+    out[f"vector/{pooling}"] = pool(hidden, batch[features_lib.SEGMENT_IDS], pooling)
   return out

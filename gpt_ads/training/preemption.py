@@ -22,8 +22,15 @@ import time
 
 import jax
 from absl import logging
+from jax.experimental import multihost_utils
 
 EXIT_GRACE_EXCEEDED = 3
+
+
+def _preemption_sync() -> bool:
+  """Whether JAX's preemption sync service runs: jax.distributed creates it at initialize when
+  jax_enable_preemption_service is on (public equivalents of its internal `preemption_sync_manager`)."""
+  return jax.distributed.is_initialized() and bool(jax.config.jax_enable_preemption_service)
 
 
 class Preemption:
@@ -40,8 +47,7 @@ class Preemption:
     self._installed = False
     self._jax_service = jax.process_count() > 1
     if self._jax_service:
-      from jax._src import distributed
-      if distributed.global_state.preemption_sync_manager is None:
+      if not _preemption_sync():
         logging.warning("jax_enable_preemption_service is off: SIGTERM ends this multi-process run without a "
                         "checkpoint (it resumes from the last periodic one)")
       return
@@ -75,9 +81,7 @@ class Preemption:
   def reached(self, step: int) -> bool:
     """Whether to save at `step` and stop (call after every step; on several processes, every process must)."""
     if self._jax_service:
-      from jax.experimental import multihost_utils
-      from jax._src import distributed
-      if distributed.global_state.preemption_sync_manager is None:
+      if not _preemption_sync():
         return False
       if not multihost_utils.reached_preemption_sync_point(step):
         return False

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import optax
 
-from gpt_ads import sharding
+from gpt_ads.training import sharding
 from gpt_ads.model.embed import padded_vocab
 from gpt_ads.model.model import dummy_batch
 

@@ -27,6 +27,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from gpt_ads.training import workdir as workdir_lib
+
 CORRUPT_DIR = "checkpoints_corrupt"
 # Test-only fault injection: "1" = SIGKILL this process while its first asynchronous save is being written
 # (tests/fault_test.py uses it to land a kill inside the write window, which is too short to hit from outside).
@@ -95,7 +97,7 @@ class Checkpointer:
     """`owner`: this process trains the run (readers such as gpt_ads.api leave the directory as it is): it
     removes temporary directories of unfinished saves at start and moves corrupt checkpoints aside.
     `on_saved(step)` is called once per checkpoint, when it is complete on disk."""
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.directory = workdir_lib.checkpoint_dir(os.path.abspath(workdir))
     self.owner = owner
     self.on_saved = on_saved
     self.manager = ocp.CheckpointManager(
@@ -108,6 +110,10 @@ class Checkpointer:
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    """The steps of the checkpoints kept in the directory, ascending."""
+    return sorted(self.manager.all_steps())
 
   def save(self, step: int, state, *, data_state: dict | None = None, force: bool = False) -> bool:
     """Starts saving `state` (and `data_state`, the input position of every shard) as checkpoint `step`.

@@ -1,4 +1,5 @@
-"""Bot / invalid-traffic detectors on per-user evidence (gpt_ads.evidence): numpy in, scores out, scikit-learn.
+"""Bot / invalid-traffic detectors on per-user evidence (gpt_ads.objective.evidence): numpy in, scores out,
+scikit-learn.
 
 Inputs are dicts of per-user arrays as `evidence.user_evidence` returns them: scalar evidence ("<feature>/<stat>"),
 "num_predicted" and user vectors ("vector/<pooling>"). `reference` is a population of UNLABELED users (the

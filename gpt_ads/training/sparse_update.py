@@ -4,7 +4,7 @@ A sampled feature's loss reads a few thousand rows of its tables per step (the b
 negatives), but autodiff of a gather is a dense [v, e] scatter-add, and AdamW then reads and writes params, mu
 and nu over all v rows: the step grows with the vocabulary. With `config.train.sparse_update_min_vocab` = m > 0,
 every sampled_softmax feature whose vocab_size is >= m (`features`) is updated row-sparsely instead, as TF's
-LazyAdam and TorchRec's row-wise optimizers do. In one train step (gpt_ads.train.train_step):
+LazyAdam and TorchRec's row-wise optimizers do. In one train step (gpt_ads.training.steps.train_step):
 
   1. `Rows.of`: the rows the step reads, u [k] sorted and unique: PAD, the feature's ids in the batch (the
      inputs; the labels are the same ids one position on) and the negatives of every micro-batch (now drawn
@@ -24,7 +24,7 @@ only in steps that read it; rows a step does not read are bitwise unchanged. The
 learning rate follow the optimizer's one global step count, not a per-row count (that would need another [v]
 state array and a different checkpoint layout). A read row whose gradient is zero (PAD, or an id seen only
 as a row's first event) still takes its momentum step, as every row does in dense AdamW. Weight decay does not
-arise: tables and biases are not decayed (gpt_ads.optim.decay_mask). The optimizer state keeps its dense
+arise: tables and biases are not decayed (gpt_ads.training.optim.decay_mask). The optimizer state keeps its dense
 layout (full [v, e] mu and nu), so checkpoints are the same either way and a run may switch on resume. The
 gradient norm (clipping and the logged metric) equals the dense one: rows not read have zero gradient.
 """

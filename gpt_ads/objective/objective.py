@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from gpt_ads import features as features_lib
-from gpt_ads import losses, negatives
+from gpt_ads.objective import losses, negatives
 from gpt_ads.model.chain import next_event
 from gpt_ads.model.heads import copy_inputs, output_table
 
@@ -19,7 +19,7 @@ def targets(batch: dict[str, jax.Array], schema: features_lib.Schema):
   """-> (labels {name: [b, t]}, mask {name: [b, t] bool}) aligned with the outputs [b, t, ...] as they stand
   (the last position is never a target). The labels are shifted, not the outputs: slicing [b, t, v] logits
   would copy them, and pad their gradient back, on every step."""
-  seg = batch["segment_ids"]
+  seg = batch[features_lib.SEGMENT_IDS]
   next_seg = next_event(seg, 0)
   next_is_same_user = (next_seg == seg) & (next_seg > 0)  # [b, t]
   labels = {f.name: next_event(batch[f.name], features_lib.PAD_ID) for f in schema}

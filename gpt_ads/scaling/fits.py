@@ -1,4 +1,4 @@
-"""Scaling-law fits (numpy / scipy): the numbers behind a sweep's REPORT.md (gpt_ads.sweep_report).
+"""Scaling-law fits (numpy / scipy): the numbers behind a sweep's REPORT.md (gpt_ads.scaling.report).
 
 `fit_power_law` fits L(N) = (N_c / N)^alpha (optionally + L_inf) in log space and `r_squared` scores it there;
 `bootstrap` resamples the runs for confidence intervals on alpha and on the losses extrapolated to larger N;
@@ -12,7 +12,7 @@ import numpy as np
 from scipy import optimize
 
 
-def _law(n, alpha, n_c, l_inf=0.0):
+def power_law(n, alpha, n_c, l_inf=0.0):
   """(n_c / n)^alpha + l_inf."""
   return (n_c / np.asarray(n, float)) ** alpha + l_inf
 
@@ -20,7 +20,7 @@ def _law(n, alpha, n_c, l_inf=0.0):
 def r_squared(n, loss, fit: dict) -> float:
   """R² of the fit in log space (the space it is fitted in): 1 - SS_res / SS_tot of log L."""
   ll = np.log(np.asarray(loss, float))
-  pred = np.log(_law(n, fit["alpha"], fit["n_c"], fit["l_inf"]))
+  pred = np.log(power_law(n, fit["alpha"], fit["n_c"], fit["l_inf"]))
   ss_tot = float(np.sum((ll - ll.mean()) ** 2))
   return 1.0 - float(np.sum((ll - pred) ** 2)) / ss_tot if ss_tot > 0 else float("nan")
 
@@ -86,7 +86,7 @@ def bootstrap(n, loss, *, with_floor: bool = False, samples: int = 1000, seed: i
     if not all(np.isfinite(v) for v in fit.values()):
       continue
     alphas.append(fit["alpha"])
-    preds.append([_law(x, fit["alpha"], fit["n_c"], fit["l_inf"]) for x in extrapolate])
+    preds.append([power_law(x, fit["alpha"], fit["n_c"], fit["l_inf"]) for x in extrapolate])
   if not alphas:
     nan = float("nan")
     return {"alpha_ci": (nan, nan), "extrapolated": {float(x): (nan, nan, nan) for x in extrapolate},
@@ -103,7 +103,7 @@ def frontier(rows) -> list[tuple]:
   than every run with less (or equal) compute. `rows` are dicts with train_flops, test_loss, name."""
   pts = []
   for r in rows:
-    f, l = _num(r.get("train_flops")), _num(r.get("test_loss"))
+    f, l = finite_or_none(r.get("train_flops")), finite_or_none(r.get("test_loss"))
     if f is not None and l is not None:
       pts.append((f, l, r.get("name", "")))
   out, best = [], math.inf
@@ -114,7 +114,7 @@ def frontier(rows) -> list[tuple]:
   return out
 
 
-def _num(v):
+def finite_or_none(v):
   """float(v), or None for empty / missing / non-finite values."""
   try:
     x = float(v)

@@ -1,0 +1,1 @@
+"""Downstream uses of a trained model: conversion / bot tasks, detectors, next-item retrieval."""

@@ -1,0 +1,1 @@
+"""The scaling lab: sweeps of runs, power-law fits, the sweep report."""
