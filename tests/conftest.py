@@ -66,7 +66,7 @@ def subprocess_env(**extra) -> dict:
           **extra}
 
 
-# The trained_run command's overrides (tests/fault_test.py reruns the same command, interrupted). The study's
+# The trained_run command's overrides (tests/e2e/fault_test.py reruns the same command, interrupted). The study's
 # independent factorization, whose heads the API tests recompute by hand; chain_run is the default's.
 TRAINED_RUN = {"train.num_steps": 30, "train.eval_every": 0, "schema.features.ad_id.copy_lags": 2}
 CHAIN_RUN = {"train.num_steps": 20, "train.eval_every": 0, "train.checkpoint_every": 20,

@@ -23,7 +23,7 @@ Timestamps: numbers in --time_unit (a value of digits only is a number), ISO-860
 strings (no zone = UTC; "Z" / "+02:00" offsets honoured), or Parquet timestamp / date columns.
 
 Bad input (errors are ONE line naming file, row (1-based data row, header excluded) and column; exit status 2;
-nothing is written to --output on error; tests/fuzz_test.py runs 70+ malformed files against this policy):
+nothing is written to --output on error; tests/data/fuzz_test.py runs 70+ malformed files against this policy):
   error   file missing, a directory, empty or without data rows; no header; a needed column missing; duplicate
           header names (used or not); a malformed CSV row (wrong field count, an unterminated quote, a file cut
           mid-row); a file that cannot be read to its end (truncated .gz, damaged Parquet); an unparsable non-empty

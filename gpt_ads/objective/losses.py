@@ -26,7 +26,7 @@ def sampled_softmax(*, query: jax.Array, labels: jax.Array, table: jax.Array, bi
   j: the second term is an unbiased estimate of Σ_{id != y} exp(s(id)) (accidental hits dropped, the rest
   importance-weighted), and the label's own term is exact and NOT corrected. So the gradient on the label's
   logit tends to -(1 - p_y) as n grows, and the expected gradient vanishes at the true distribution even for
-  peaked targets (n q_y >> 1; tests/losses_test.py). Correcting the label by log Q_y too (TensorFlow's
+  peaked targets (n q_y >> 1; tests/objective/losses_test.py). Correcting the label by log Q_y too (TensorFlow's
   convention) shrinks its term as n q_y grows and drives that gradient to -1: an over-confident model.
   With every valid id drawn once as a negative and log Q = 0 this is the exact softmax.
 

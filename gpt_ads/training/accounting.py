@@ -15,7 +15,7 @@ Training FLOPs per input position (forward + backward = 3 x forward, a multiply-
   + Σ_sampled 6 * e_j * (n_j + 1)                  scoring the label and n_j shared negatives
 With `model.backbone="lstm"` there is no attention term (its gate matmuls are in 6 N).
 Evaluation with the exact full softmax is not counted. Checked against XLA's cost analysis of the compiled
-train step (`tests/accounting_test.py`): the formula is below XLA's count by less than 5% (measured 2.9% at
+train step (`tests/training/accounting_test.py`): the formula is below XLA's count by less than 5% (measured 2.9% at
 d=256, 3.8% at d=128, 4.1% at d=64 with t=64; 8.7% at d=32, where the uncounted work weighs more) and never above
 it: XLA also counts norms, softmaxes and the AdamW update, which the formula leaves out. XLA counts a `scan` body
 once, so compare with `scan_layers=False`.

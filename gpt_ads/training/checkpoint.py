@@ -31,7 +31,7 @@ from gpt_ads.training import workdir as workdir_lib
 
 CORRUPT_DIR = "checkpoints_corrupt"
 # Test-only fault injection: "1" = SIGKILL this process while its first asynchronous save is being written
-# (tests/fault_test.py uses it to land a kill inside the write window, which is too short to hit from outside).
+# (tests/e2e/fault_test.py uses it to land a kill inside the write window, which is too short to hit from outside).
 KILL_DURING_SAVE_ENV = "GPT_ADS_TEST_KILL_DURING_SAVE"
 
 

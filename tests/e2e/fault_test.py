@@ -21,7 +21,7 @@ from gpt_ads.training import checkpoint, optim, preemption, sharding, train, tra
 from gpt_ads.data import datasets
 from gpt_ads.model import Model, ModelConfig
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 # ----------------------------------------------------------------------------------- kill -9 / SIGTERM / resume

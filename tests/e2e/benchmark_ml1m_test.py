@@ -12,7 +12,7 @@ import pytest
 
 from gpt_ads.data import movielens
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_ml1m_benchmark_writes_the_contract_fields(tmp_path):

@@ -20,7 +20,7 @@ from gpt_ads.model import Model, ModelConfig, chain
 from gpt_ads.model.model import dummy_batch
 from numerics import assert_close
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # A schema small enough to enumerate every event: 4 x 5 x 3 valid values (OOV included), a sampled feature
 # with a copy term in the middle of the order.

@@ -18,7 +18,7 @@ import pytest
 from conftest import subprocess_env, tiny_flags
 from numerics import assert_close
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = [sys.executable, "-m", "gpt_ads.cli.train"]
 # Two input shards whatever the process count, so every layout reads the same global batches.
 FLAGS = {"data.num_shards": 2, "train.num_steps": 6}

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OVERRIDES = ["--config.train.batch_size=128", "--config.data.dir=/data/my ads", "--config.x=it's \"q\" $HOME"]
 # Dry runs must not need gcloud / kubectl / sbatch / srun / gpt-ads-train: a PATH without them.
 DRY_PATH = os.pathsep.join(p for p in ("/usr/bin", "/bin") if os.path.isdir(p))

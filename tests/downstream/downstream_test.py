@@ -12,7 +12,7 @@ import pytest
 from conftest import subprocess_env
 from gpt_ads.downstream import detectors, tasks as downstream
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _old_auc(scores, labels) -> float:

@@ -17,7 +17,7 @@ from gpt_ads.data import datasets, pipeline
 from gpt_ads.model import Model, ModelConfig
 from numerics import assert_close
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _batches(data, config, n):

@@ -24,7 +24,7 @@ import pytest
 from gpt_ads.data import prepare as prep
 from gpt_ads.data import store
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HEADER = "user,ts,ad,device"
 
 

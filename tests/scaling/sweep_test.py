@@ -7,7 +7,7 @@ import sys
 
 from conftest import TINY, subprocess_env
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _sweep_file(tmp_path):
