@@ -25,8 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 from configs import default as default_config  # noqa: E402
-from gpt_ads.training import train  # noqa: E402
 from gpt_ads.data import datasets, movielens, pipeline, store  # noqa: E402
+from gpt_ads.training import train  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/gpt_ads_pipeline_bench", "scratch directory (data sets, run)")
 _OUT = flags.DEFINE_string("out", None, "JSON file to write", required=True)

@@ -86,10 +86,10 @@ class Step:
     from gpt_ads import features
     from gpt_ads.training import accounting, optim, sharding, steps as train_steps
     from gpt_ads.training import train_state as train_state_lib
-    from gpt_ads.model import Model, ModelConfig
+    from gpt_ads import model as model_lib
     self.config = config
     schema = features.Schema.from_config(config.schema.features)
-    model = Model(schema, ModelConfig.from_config(config.model))
+    model = model_lib.from_config(schema, config)
     mesh = sharding.make_mesh(config.mesh)
     rule_set = sharding.rules(config)
     tx, lr = optim.make(config.train)

@@ -31,9 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt_ads import features
-from gpt_ads.model import Model, ModelConfig, chain
+from gpt_ads.model import chain, from_config, init_params
 from gpt_ads.model.heads import NEG_INF, copy_bonus, copy_inputs, output_table, take_at, valid_ids
-from gpt_ads.model.model import dummy_batch
 from gpt_ads.objective import evidence as evidence_lib
 from gpt_ads.objective import losses
 from gpt_ads.training import checkpoint, optim, sharding, train_state
@@ -44,15 +43,10 @@ run_data_dir = workdir_lib.run_data_dir  # the prepared data set a run trained o
 save_run_file = workdir_lib.save_run_file  # what `load` reads besides the checkpoint (the trainer writes it)
 
 
-def _model(schema: features.Schema, config) -> Model:
-  cfg = config if isinstance(config, ModelConfig) else ModelConfig.from_config(config.model)
-  return Model(schema, cfg)
-
-
 def load(workdir: str, step: int | None = None):
   """-> (params, schema, config) of the run in `workdir` (its latest checkpoint, or `step`), on one device."""
   config, schema, _ = workdir_lib.read_run_file(workdir)
-  model = _model(schema, config)
+  model = from_config(schema, config)
   tx, _ = optim.make(config.train)
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), sharding.MESH_AXES)
   abstract, _ = train_state.abstract_and_shardings(model, tx, mesh, sharding.rules(config))
@@ -71,8 +65,8 @@ def load(workdir: str, step: int | None = None):
 def init(rng: jax.Array, *, schema: features.Schema, config):
   """Fresh parameters (unsharded) for `schema` and `config` (the run config, or a ModelConfig)."""
   import flax.linen as nn
-  model = _model(schema, config)
-  return nn.unbox(model.init({"params": rng}, dummy_batch(schema, 1, model.cfg.max_len))["params"])
+  model = from_config(schema, config)
+  return nn.unbox(init_params(model, rng))
 
 
 def make_batch(schema: features.Schema, events: dict, *, length: int) -> dict[str, np.ndarray]:
@@ -96,7 +90,7 @@ def make_batch(schema: features.Schema, events: dict, *, length: int) -> dict[st
 
 
 def _forward(params, batch, schema, config, at=None, given=None, hidden=None):
-  return _model(schema, config).apply({"params": params}, batch, at=at, given=given, hidden=hidden)
+  return from_config(schema, config).apply({"params": params}, batch, at=at, given=given, hidden=hidden)
 
 
 def _candidate_logits(params, outputs, spec: features.FeatureSpec, ids: jax.Array) -> jax.Array:
@@ -152,7 +146,7 @@ def user_evidence(params, batch, *, schema: features.Schema, config, background:
 def conditioning(feature: str, *, schema: features.Schema, config) -> tuple[str, ...]:
   """The features of the same event whose values `feature`'s distribution is conditioned on, what
   `score(feature, given=)` needs: those before it in `event_order` under "chain", none under "independent"."""
-  return chain.earlier(schema, _model(schema, config).cfg)[feature]
+  return chain.earlier(schema, from_config(schema, config).cfg)[feature]
 
 
 MAX_SUMMED_OUT = 4096  # combinations of not-given earlier values `score` sums out exactly, at most
@@ -162,7 +156,7 @@ def _check_given(schema: features.Schema, config, feature: str, given: dict) -> 
   """-> (the `given` values `feature`'s head conditions on, the conditioning features not given, to be summed
   out). Under "independent" both are empty: the model treats an event's features as independent. A clear error
   for what cannot be conditioned on or summed out."""
-  cfg = _model(schema, config).cfg
+  cfg = from_config(schema, config).cfg
   unknown = sorted(set(given) - set(schema.names) | ({feature} & set(given)))
   if unknown:
     raise ValueError(f"given={unknown}: name other features of the schema {list(schema.names)} than {feature!r}")
@@ -264,7 +258,7 @@ def sample(params, batch, rng: jax.Array, *, num_events: int, schema: features.S
   campaign that owns the drawn ad). The decoder runs once per event. Rows must have room: events past the batch
   length are dropped."""
   num_events = int(num_events)
-  cfg = _model(schema, config).cfg
+  cfg = from_config(schema, config).cfg
   order = chain.event_order(schema, cfg) if cfg.event_factorization == "chain" else schema.names
   index = {f.name: j for j, f in enumerate(schema)}
 

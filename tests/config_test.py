@@ -4,8 +4,8 @@ import pytest
 
 from configs import default as default_config
 from gpt_ads import config_lib, features
-from gpt_ads.training import accounting
 from gpt_ads.model import Model, ModelConfig
+from gpt_ads.training import accounting
 
 
 @pytest.mark.parametrize("arg", [None, "long", *config_lib.MODEL_SIZES, "size=large,run=long"])

@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from gpt_ads.model import axes
-from gpt_ads.model.config import ModelConfig
 from gpt_ads.model.attention import CausalAttention
+from gpt_ads.model.config import ModelConfig
 from gpt_ads.model.layers import Dense, RMSNorm
 
 

@@ -52,6 +52,17 @@ class Model(nn.Module):
     return outputs, hidden.astype(jnp.float32)
 
 
+def from_config(schema: features_lib.Schema, config) -> Model:
+  """The model of a run config (its `model` section; a ModelConfig also works) for `schema`."""
+  return Model(schema, config if isinstance(config, ModelConfig) else ModelConfig.from_config(config.model))
+
+
+def init_params(model: Model, rng: jax.Array) -> dict:
+  """Fresh params from a dummy batch (the one place the model is initialized), still in flax's
+  LogicallyPartitioned boxes (they carry the logical axis names; `nn.unbox` drops them)."""
+  return model.init({"params": rng}, dummy_batch(model.schema, 1, model.cfg.max_len))["params"]
+
+
 def dummy_batch(schema: features_lib.Schema, batch_size: int, length: int) -> dict[str, jax.Array]:
   """A batch of the right structure (for init and shape inference)."""
   b = {f.name: jnp.full((batch_size, length), features_lib.OOV_ID, jnp.int32) for f in schema}

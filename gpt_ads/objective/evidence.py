@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt_ads import features as features_lib
-from gpt_ads.objective import losses, objective
 from gpt_ads.model.heads import copy_inputs, output_table, take_at
+from gpt_ads.objective import losses, objective
 
 VECTORS = ("last", "mean")  # user-vector poolings, "vector/<pooling>"
 

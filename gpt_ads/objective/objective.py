@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 
 from gpt_ads import features as features_lib
-from gpt_ads.objective import losses, negatives
 from gpt_ads.model.chain import next_event
 from gpt_ads.model.heads import copy_inputs, output_table
+from gpt_ads.objective import losses, negatives
 
 
 def targets(batch: dict[str, jax.Array], schema: features_lib.Schema):

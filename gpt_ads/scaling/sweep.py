@@ -19,9 +19,9 @@ import os
 import shlex
 
 from gpt_ads import config_lib, features
+from gpt_ads import model as model_lib
 from gpt_ads.data import datasets, store
 from gpt_ads.downstream import tasks as downstream
-from gpt_ads.model import Model, ModelConfig
 from gpt_ads.scaling import report as sweep_report
 from gpt_ads.training import accounting, train
 from gpt_ads.training import workdir as workdir_lib
@@ -89,7 +89,7 @@ def steps_for_budget(config, budget: float) -> int:
     schema = datasets.schema_for(store.open_dir(config.data.dir), config)
   else:
     schema = features.Schema.from_config(config.schema.features)
-  model = Model(schema, ModelConfig.from_config(config.model))
+  model = model_lib.from_config(schema, config)
   n = accounting.param_counts(accounting.abstract_params(model), schema)["non_embedding_params"]
   t = config.model.max_len
   per_step = accounting.flops_per_position(model.cfg, schema, n, t) * config.train.batch_size * t

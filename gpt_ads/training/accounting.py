@@ -27,8 +27,8 @@ import jax
 import numpy as np
 
 from gpt_ads import features as features_lib
+from gpt_ads.model import init_params
 from gpt_ads.model.embed import padded_vocab
-from gpt_ads.model.model import dummy_batch
 
 
 def _is_embedding(path: tuple[str, ...], schema: features_lib.Schema) -> bool:
@@ -69,5 +69,4 @@ def flops_per_position(model_cfg, schema: features_lib.Schema, non_embedding_par
 
 def abstract_params(model) -> dict:
   """The model's params as ShapeDtypeStructs (no memory, no compute)."""
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy_batch(model.schema, 1, model.cfg.max_len)))
-  return nn.unbox(shapes)["params"]
+  return nn.unbox(jax.eval_shape(lambda: init_params(model, jax.random.key(0))))

@@ -17,11 +17,11 @@ import numpy as np
 from absl import logging
 
 from gpt_ads import config_lib, features
-from gpt_ads.training import optim, sharding, steps
-from gpt_ads.training import workdir as workdir_lib
-from gpt_ads.training import train_state as train_state_lib
+from gpt_ads import model as model_lib
 from gpt_ads.data import datasets, pipeline, store
-from gpt_ads.model import Model, ModelConfig
+from gpt_ads.training import optim, sharding, steps
+from gpt_ads.training import train_state as train_state_lib
+from gpt_ads.training import workdir as workdir_lib
 
 
 def _device_bytes(abstract_tree) -> int:
@@ -47,7 +47,7 @@ def plan(config) -> dict:
     schema = datasets.schema_for(store.open_dir(config.data.dir), config)
   else:
     schema = features.Schema.from_config(config.schema.features)
-  model = Model(schema, ModelConfig.from_config(config.model))
+  model = model_lib.from_config(schema, config)
   tx, lr_schedule = optim.make(config.train)
   abstract, state_shardings = train_state_lib.abstract_and_shardings(model, tx, mesh, rule_set)
   data_sharding = sharding.batch_sharding(mesh, rule_set)

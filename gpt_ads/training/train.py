@@ -24,8 +24,9 @@ from absl import logging
 from tqdm import tqdm
 
 from gpt_ads import config_lib
+from gpt_ads import model as model_lib
 from gpt_ads.data import datasets, pipeline, store
-from gpt_ads.model import Model, ModelConfig
+from gpt_ads.model import Model
 from gpt_ads.objective import negatives
 from gpt_ads.training import accounting, checkpoint, health, logbook, optim, preemption, sharding, steps, workdir
 from gpt_ads.training import train_state as train_state_lib
@@ -76,7 +77,7 @@ def setup(config, run_dir: str) -> Run:
   schema = data.schema
   if early_schema is None:  # generated data: its schema is known now
     workdir.check_resumable(run_dir, schema, config, data.prepared.path)
-  model = Model(schema, ModelConfig.from_config(config.model))
+  model = model_lib.from_config(schema, config)
   tx, lr_schedule = optim.make(config.train)
   unigram_log_q = {f.name: jnp.asarray(negatives.unigram_log_probs(data.counts[f.name], f.vocab_size))
                    for f in schema.sampled if f.sampler in ("unigram", "in_batch") and f.name in data.counts}

@@ -15,9 +15,9 @@ import jax
 import numpy as np
 import optax
 
-from gpt_ads.training import sharding
+from gpt_ads.model import init_params
 from gpt_ads.model.embed import padded_vocab
-from gpt_ads.model.model import dummy_batch
+from gpt_ads.training import sharding
 
 
 @flax.struct.dataclass
@@ -27,14 +27,9 @@ class TrainState:
   opt_state: Any
 
 
-def _init_params(rng: jax.Array, model):
-  """Params still wrapped in flax LogicallyPartitioned boxes (they carry the logical axis names)."""
-  return model.init({"params": rng}, dummy_batch(model.schema, 1, model.cfg.max_len))["params"]
-
-
 def _init_boxed(rng: jax.Array, *, model, tx: optax.GradientTransformation) -> TrainState:
   """TrainState whose params and optimizer moments are still boxed (for their logical partition specs)."""
-  params = _init_params(rng, model)
+  params = init_params(model, rng)
   return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params, opt_state=tx.init(params))
 
 
@@ -72,7 +67,7 @@ def create(rng: jax.Array, model, tx, shardings, output_biases: dict[str, np.nda
   """A fresh state, each array created directly with its sharding; `output_biases` replace head biases."""
 
   def init(r, biases):
-    params = nn.unbox(_init_params(r, model))
+    params = nn.unbox(init_params(model, r))
     for name, b in biases.items():
       params["heads"][name]["bias"] = b
     return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params, opt_state=tx.init(params))

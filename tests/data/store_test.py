@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from gpt_ads.objective import objective
 from gpt_ads.data import datasets, pipeline, store
 from gpt_ads.model import Model, ModelConfig
 from gpt_ads.model.model import dummy_batch
+from gpt_ads.objective import objective
 from numerics import assert_close
 
 FEATURES = [{"name": "item", "vocab_size": 50, "loss": "sampled_softmax", "vocabulary": {"kind": "test"}},

@@ -15,9 +15,9 @@ import pytest
 
 from conftest import subprocess_env, tiny_config
 from gpt_ads import api, features
-from gpt_ads.objective import objective
 from gpt_ads.model import Model, ModelConfig, chain
 from gpt_ads.model.model import dummy_batch
+from gpt_ads.objective import objective
 from numerics import assert_close
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -17,9 +17,9 @@ import pytest
 
 from conftest import TRAINED_RUN, subprocess_env, tiny_config, tiny_flags
 from gpt_ads import api, config_lib, features
-from gpt_ads.training import checkpoint, optim, preemption, sharding, train, train_state, workdir
 from gpt_ads.data import datasets
 from gpt_ads.model import Model, ModelConfig
+from gpt_ads.training import checkpoint, optim, preemption, sharding, train, train_state, workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

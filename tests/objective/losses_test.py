@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from gpt_ads import features
-from gpt_ads.objective import losses, negatives
 from gpt_ads.model.heads import NEG_INF, copy_bonus, recent_ids, valid_ids
+from gpt_ads.objective import losses, negatives
 from numerics import assert_close
 
 V, E = 50, 8

@@ -6,8 +6,8 @@ import pytest
 
 from conftest import tiny_config
 from gpt_ads import features
-from gpt_ads.training import accounting, optim, sharding, steps, train_state
 from gpt_ads.model import Model, ModelConfig
+from gpt_ads.training import accounting, optim, sharding, steps, train_state
 
 
 def _flops(overrides):

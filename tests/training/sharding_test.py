@@ -7,10 +7,10 @@ import pytest
 
 from conftest import tiny_config
 from gpt_ads import features
-from gpt_ads.training import optim, sharding, steps, train_state
 from gpt_ads.data import datasets, pipeline
 from gpt_ads.model import Model, ModelConfig
 from gpt_ads.model.model import dummy_batch
+from gpt_ads.training import optim, sharding, steps, train_state
 from numerics import assert_close
 
 TP_SIZES = {"model.d_model": 32, "model.num_heads": 4, "model.mlp_dim": 64}

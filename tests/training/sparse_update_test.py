@@ -13,10 +13,10 @@ import pytest
 
 from conftest import tiny_config
 from gpt_ads import config_lib, features
-from gpt_ads.objective import objective
-from gpt_ads.training import optim, sharding, sparse_update, steps, train, train_state
 from gpt_ads.model import Model, ModelConfig
 from gpt_ads.model.heads import id_param_paths
+from gpt_ads.objective import objective
+from gpt_ads.training import optim, sharding, sparse_update, steps, train, train_state
 from numerics import assert_close
 
 SPARSE = 100  # sparse_update_min_vocab: ad_id (302 ids) is row-sparse, the softmax features never are

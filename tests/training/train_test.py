@@ -12,9 +12,9 @@ import pytest
 
 from conftest import subprocess_env, tiny_config
 from gpt_ads import features
-from gpt_ads.training import checkpoint, optim, sharding, steps, train, train_state
 from gpt_ads.data import datasets, pipeline
 from gpt_ads.model import Model, ModelConfig
+from gpt_ads.training import checkpoint, optim, sharding, steps, train, train_state
 from numerics import assert_close
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
