@@ -1,6 +1,6 @@
 """A run directory: the names of what a run writes there, and the checks made on it before any compute.
 
-    WORKDIR/model.json       the run's config, schema and data set (gpt_ads.api.save_run_file; api.load reads it)
+    WORKDIR/model.json       the run's config, schema and data set (`save_run_file`; gpt_ads.api.load reads it)
     WORKDIR/checkpoints/     orbax checkpoints, one folder per step (gpt_ads.training.checkpoint)
     WORKDIR/metrics.jsonl    a record per log step (gpt_ads.training.logbook)
     WORKDIR/eval.json        the exact test evaluation, written last (gpt_ads.training.train.finish)
@@ -65,9 +65,9 @@ def eval_file(workdir: str) -> str:
 def save_run_file(workdir: str, schema: features.Schema, config, data_dir: str = "") -> None:
   """Writes `workdir/model.json` ({"config", "schema": [feature, ...] in schema order, "data_dir": the prepared
   data set trained on}): what gpt_ads.api.load needs besides the checkpoint."""
-  write_json(run_file_path(workdir),
-                     {"config": json.loads(config.to_json_best_effort()),
-                      "schema": [dataclasses.asdict(f) for f in schema], "data_dir": os.path.abspath(data_dir)})
+  write_json(run_file_path(workdir), {"config": json.loads(config.to_json_best_effort()),
+                                      "schema": [dataclasses.asdict(f) for f in schema],
+                                      "data_dir": os.path.abspath(data_dir)})
 
 
 def read_run_file(workdir: str):
@@ -84,11 +84,7 @@ def read_run_file(workdir: str):
 
 def run_data_dir(workdir: str) -> str:
   """The prepared data set the run in `workdir` trained on ("" if unknown)."""
-  path = run_file_path(workdir)
-  if not os.path.exists(path):
-    return ""
-  with open(path) as f:
-    return json.load(f).get("data_dir", "")
+  return read_run_file(workdir)[2] if os.path.exists(run_file_path(workdir)) else ""
 
 
 def check_workdir(workdir: str) -> None:
