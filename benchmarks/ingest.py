@@ -76,7 +76,7 @@ def main():
     print(f"generated {args.events:,} events / {users:,} users ({os.path.getsize(csv_path):,} bytes) in "
           f"{gen_seconds:.1f}s", flush=True)
     script = shutil.which("gpt-ads-prepare", path=os.path.dirname(sys.executable))
-    cmd = ([script] if script else [sys.executable, "-m", "gpt_ads.data.prepare"]) + [
+    cmd = ([script] if script else [sys.executable, "-m", "gpt_ads.cli.prepare"]) + [
         f"--input={csv_path}", "--user_col=user_id", "--time_col=timestamp",
         "--features=ad_id,campaign,device,event_type", "--sampled=ad_id", "--derive_time=gap,hour,weekday",
         f"--output={out_dir}", "--overwrite"]

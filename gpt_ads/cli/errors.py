@@ -5,9 +5,14 @@ import sys
 from typing import NoReturn
 
 
-def fail(tool: str, message: str) -> NoReturn:
-  """Prints `<tool>: error: <message>` (whitespace collapsed to one line) and exits with status 2."""
+def report(tool: str, message: str) -> None:
+  """Prints `<tool>: error: <message>` on stderr, whitespace collapsed to one line."""
   print(f"{tool}: error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+
+
+def fail(tool: str, message: str) -> NoReturn:
+  """`report`s the message and exits with status 2."""
+  report(tool, message)
   sys.exit(2)
 
 

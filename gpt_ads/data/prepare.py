@@ -45,19 +45,8 @@ Labels (--labels): CSVs whose first column is the user id; numeric columns -> {k
 from __future__ import annotations
 
 from gpt_ads.data.ingest.clean import POLICY
-from gpt_ads.data.ingest.cli import execute
-from gpt_ads.data.ingest.cli import run as _run_cli
 from gpt_ads.data.ingest.options import PrepareOptions
 from gpt_ads.data.ingest.prepare import prepare, user_split
 from gpt_ads.data.ingest.vocab import stable_hash
 
-__all__ = ["POLICY", "PrepareOptions", "execute", "prepare", "run", "stable_hash", "user_split"]
-
-
-def run():
-  """The gpt-ads-prepare console script (setup.cfg) and `python -m gpt_ads.data.prepare`; --help prints __doc__."""
-  _run_cli(usage=__doc__)
-
-
-if __name__ == "__main__":
-  run()
+__all__ = ["POLICY", "PrepareOptions", "prepare", "stable_hash", "user_split"]

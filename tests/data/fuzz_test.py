@@ -2,7 +2,7 @@
 (gpt_ads.data.prepare POLICY) or rejected with one line on stderr, exit status 2 and nothing at --output.
 
 CASES is the table: (name, expected outcome, what the error line must contain / what the output must show).
-Every case runs through `prepare.execute`, the command's own code after flag parsing (in-process: the table
+Every case runs through `gpt_ads.cli.prepare.execute`, the command's own code after flag parsing (in-process: the table
 costs seconds, not a process start per case); `test_cli_subprocess_case` runs one case through the real
 console entry point.
 """
@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from gpt_ads.cli import prepare as prepare_cli
 from gpt_ads.data import prepare as prep
 from gpt_ads.data import store
 
@@ -219,7 +220,7 @@ def _write_case(tmp_path, name: str) -> str:
 
 
 def run_case(tmp_path, name: str) -> dict:
-  """Runs one case through prepare.execute: {status, stderr, output (dir exists), leftovers, meta, crash}."""
+  """Runs one case through gpt_ads.cli.prepare.execute: {status, stderr, output (dir exists), leftovers, meta, crash}."""
   _, _, _, _, overrides = CASES[name]
   path = _write_case(tmp_path, name)
   out = tmp_path / "out"
@@ -230,7 +231,7 @@ def run_case(tmp_path, name: str) -> dict:
   crash = None
   with contextlib.redirect_stderr(err):
     try:
-      status = prep.execute(options, log=lambda line: None)
+      status = prepare_cli.execute(options, log=lambda line: None)
     except BaseException:  # noqa: BLE001 - a traceback is exactly what the test must not see
       status, crash = None, traceback.format_exc()
   meta = json.load(open(out / "schema.json")) if status == 0 else None
@@ -301,7 +302,7 @@ def test_unsorted_input_is_sorted_per_user(tmp_path):
 def test_cli_subprocess_case(tmp_path):
   """The console entry point itself: one malformed file -> exit 2, one stderr line, no traceback, no output."""
   path = _write_case(tmp_path, "non_utf8_user")
-  proc = subprocess.run([sys.executable, "-m", "gpt_ads.data.prepare", f"--input={path}", "--user_col=user",
+  proc = subprocess.run([sys.executable, "-m", "gpt_ads.cli.prepare", f"--input={path}", "--user_col=user",
                          "--time_col=ts", "--features=ad,device", f"--output={tmp_path / 'out'}"],
                         capture_output=True, text=True, cwd=ROOT, timeout=300)
   assert proc.returncode == 2

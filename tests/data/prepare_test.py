@@ -229,7 +229,7 @@ def test_policy_counts(tmp_path):
 
 def run_cli(tmp_path, *args):
   out = tmp_path / "out"
-  proc = subprocess.run([sys.executable, "-m", "gpt_ads.data.prepare", "--user_col=user", "--time_col=ts",
+  proc = subprocess.run([sys.executable, "-m", "gpt_ads.cli.prepare", "--user_col=user", "--time_col=ts",
                          "--features=ad,device", f"--output={out}", *args], capture_output=True, text=True,
                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
   return proc, out

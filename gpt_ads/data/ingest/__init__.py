@@ -1,4 +1,5 @@
-"""The implementation of gpt-ads-prepare; `gpt_ads.data.prepare` is its public entry (and holds the CLI doc).
+"""The implementation of gpt-ads-prepare; `gpt_ads.data.prepare` is its public entry (and holds the CLI doc),
+gpt_ads/cli/prepare.py its flags.
 
 One job per module, in pipeline order:
   options     PrepareOptions: what a run reads and how (the flags as a dataclass).
@@ -9,5 +10,4 @@ One job per module, in pipeline order:
   vocab       value codes -> ids: vocabularies from training events, hash buckets (stable_hash).
   labels      per-user label CSVs (--labels).
   prepare     the orchestration: validate the options, split users (user_split), encode, write the data set.
-  cli         the flags, main and execute (one-line errors, exit status 2).
 """

@@ -1,6 +1,7 @@
 """The gpt-ads-prepare command: its flags, `main` (flags -> PrepareOptions) and `execute` (one-line errors).
 
-The usage text (--help) is gpt_ads.data.prepare's docstring, which `run` is given.
+The usage text (--help) and the bad-input policy are gpt_ads.data.prepare's docstring. Also
+`python -m gpt_ads.cli.prepare`.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from typing import Callable
 import pyarrow as pa
 from absl import app, flags
 
-from gpt_ads.data.ingest.options import PrepareOptions
-from gpt_ads.data.ingest.prepare import prepare
+from gpt_ads.cli import errors
+from gpt_ads.data import prepare as prepare_lib
 from gpt_ads.data.ingest.timestamps import TIME_UNITS
+
+_TOOL = "gpt-ads-prepare"
 
 
 def _per_column_flag(flag: str, text: str) -> int | dict[str, int]:
@@ -65,7 +68,7 @@ def main(argv):
     hash_buckets = _per_column_flag("hash_buckets", f.hash_buckets) if f.hash_buckets else {}
     if not isinstance(hash_buckets, dict) or "*" in hash_buckets:
       raise ValueError(f"--hash_buckets={f.hash_buckets!r}: expected COL:N,COL:N")
-    options = PrepareOptions(
+    options = prepare_lib.PrepareOptions(
         input=f.input, test_input=f.test_input, user_col=f.user_col, time_col=f.time_col, features=f.features,
         sampled=f.sampled, labels=f.labels, derive_time=f.derive_time, output=f.output, format=f.format,
         delimiter=f.delimiter, time_unit=f.time_unit, val_fraction=f.val_fraction, test_fraction=f.test_fraction,
@@ -73,39 +76,37 @@ def main(argv):
         min_count=_per_column_flag("min_count", f.min_count), hash_buckets=hash_buckets,
         min_events=f.min_events, gap_buckets=f.gap_buckets, overwrite=f.overwrite, batch_rows=f.batch_rows)
   except ValueError as e:
-    _error(e)
-    sys.exit(2)
+    errors.fail(_TOOL, str(e))
   status = execute(options)
   if status:
     sys.exit(status)
 
 
-def _error(e: BaseException) -> None:
-  print(f"gpt-ads-prepare: error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
-
-
-def execute(options: PrepareOptions, *, log: Callable[[str], None] = lambda line: print(line, flush=True)) -> int:
+def execute(options: prepare_lib.PrepareOptions, *, log: Callable[[str], None] = lambda line: print(line, flush=True)) -> int:
   """What the command does after parsing its flags: `prepare`, with bad input as one line on stderr.
 
   -> exit status: 0 (the data set is written), 2 (rejected: one line "gpt-ads-prepare: error: ..." on stderr,
   nothing at --output). Any other exception is a bug and propagates.
   """
   try:
-    prepare(options, log=log)
+    prepare_lib.prepare(options, log=log)
   except (ValueError, OSError, pa.ArrowException) as e:  # pa.ArrowInvalid is a ValueError
-    _error(e)
+    errors.report(_TOOL, str(e))
     return 2
   return 0
 
 
-def run(usage: str) -> None:
-  """Defines the flags and runs `main`; `usage` (gpt_ads.data.prepare's docstring) is what --help prints."""
+def run() -> None:
+  """The gpt-ads-prepare console script (setup.cfg): defines the flags and runs `main`; --help prints
+  gpt_ads.data.prepare's docstring (the usage and the bad-input policy), then the flags."""
   _define_flags()
-  main_module = sys.modules["__main__"]
-  if not main_module.__doc__:  # the console-script shim: show the usage, policy and flags on --help
-    main_module.__doc__ = usage
-  # --help lists the main module's key flags: these are defined here, not in the main module (the console-script
-  # shim, or gpt_ads/data/prepare.py under python -m).
+  sys.modules["__main__"].__doc__ = prepare_lib.__doc__
+  # --help lists the main module's key flags: these are defined here, which is not the main module under the
+  # console-script shim.
   for name in flags.FLAGS.get_key_flags_for_module(__name__):
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], name)
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()
