@@ -33,7 +33,7 @@ import time
 
 from absl import app, flags, logging
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/ from a checkout
+_ML1M_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "ml1m.py")
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Folder holding ml-1m/ (or ml-1m itself).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the prepared data set, runs and checkpoints go.")
@@ -61,9 +61,8 @@ def _log(line: str) -> None:
 
 
 def _config(variant: str, data_dir: str, steps: int | None = None):
-  from configs import ml1m
   from gpt_ads import config_lib
-  c = ml1m.get_config(f"features={variant}" + (f",steps={steps}" if steps else ""))
+  c = config_lib.from_file(f"{_ML1M_CONFIG}:features={variant}" + (f",steps={steps}" if steps else ""))
   c.data.dir = data_dir
   for item in _SET.value:
     key, _, value = item.partition("=")

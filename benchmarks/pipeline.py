@@ -16,17 +16,15 @@ Writes one JSON object to --out and prints a table.
 import json
 import os
 import shutil
-import sys
 import time
 
 from absl import app, flags, logging
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from gpt_ads import config_lib
+from gpt_ads.data import datasets, movielens, pipeline, store
+from gpt_ads.training import train
 
-
-from configs import default as default_config  # noqa: E402
-from gpt_ads.data import datasets, movielens, pipeline, store  # noqa: E402
-from gpt_ads.training import train  # noqa: E402
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.py")
 
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/gpt_ads_pipeline_bench", "scratch directory (data sets, run)")
 _OUT = flags.DEFINE_string("out", None, "JSON file to write", required=True)
@@ -61,7 +59,7 @@ def main(argv):
   result = {"date": time.strftime("%Y-%m-%d"), "cpu_count": os.cpu_count()}
 
   # 1-2: the default config's data and trainer.
-  config = default_config.get_config()
+  config = config_lib.from_file(_DEFAULT_CONFIG)
   run_dir = os.path.join(_WORKDIR.value, "demo_run")
   data = datasets.load(config, run_dir)
   names, max_len, batch = data.schema.names, config.model.max_len, config.train.batch_size

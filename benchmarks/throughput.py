@@ -36,7 +36,7 @@ import time
 
 from absl import app, flags, logging
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.py")
 
 _OUT = flags.DEFINE_string("out", None, "JSON file to write.", required=True)
 _PRESETS = flags.DEFINE_list("presets", ["nano", "micro", "tiny", "small", "medium", "large", "xl"],
@@ -133,8 +133,8 @@ class Step:
 
 
 def _config(preset: str | None = None, **model):
-  from configs import default
-  c = default.get_config(f"size={preset}" if preset else None)
+  from gpt_ads import config_lib
+  c = config_lib.from_file(_DEFAULT_CONFIG + (f":size={preset}" if preset else ""))
   c.train.warmup_steps = 1
   for k, v in model.items():
     c.model[k] = v

@@ -1,4 +1,5 @@
-"""Config helpers: preset arguments, model-size presets, run recipes, and validation before any compute.
+"""Config helpers: loading config files, preset arguments, model-size presets, run recipes, and validation
+before any compute.
 
 Checks (each a one-line ValueError saying what to change), in the order gpt_ads.training.train runs them:
   validate            unknown keys (KNOWN_KEYS), values out of range, bad model / feature settings
@@ -8,6 +9,8 @@ Checks (each a one-line ValueError saying what to change), in the order gpt_ads.
 """
 
 import dataclasses
+import importlib.util
+import os
 
 import ml_collections
 
@@ -67,6 +70,23 @@ RUNS = {
     "long": dict(size="small", num_steps=3000, batch_size=64, learning_rate=2e-3, warmup_steps=300,
                  num_train_users=300_000),
 }
+
+
+def load_file(path: str, what: str = "config"):
+  """The Python file at `path` as a module, loaded by its path as ml_collections.config_flags loads `--config`
+  (config and sweep files need not be on sys.path). `what` names the file in the error."""
+  if not os.path.isfile(path):
+    raise ValueError(f"{what} {path!r} does not exist")
+  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def from_file(spec: str) -> ml_collections.ConfigDict:
+  """"PATH[:ARG]" (as gpt-ads-train's --config takes it) -> PATH's get_config(ARG or None)."""
+  path, _, arg = spec.partition(":")
+  return load_file(path).get_config(arg or None)
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:

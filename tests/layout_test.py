@@ -139,3 +139,16 @@ def test_nothing_imports_cli():
          for node, module, names in _gpt_ads_imports(ast.parse(text))
          if module.startswith("gpt_ads.cli") or (module == "gpt_ads" and "cli" in names)]
   assert not bad, bad
+
+
+def test_scripts_load_configs_by_path_not_through_sys_path():
+  """benchmarks/ and launch/ read configs/ with config_lib.from_file (the checkout need not be importable)."""
+  bad = []
+  for folder in ("benchmarks", "launch"):
+    for d, _, files in os.walk(os.path.join(ROOT, folder)):
+      for f in files:
+        if f.endswith(".py"):
+          text = open(os.path.join(d, f)).read()
+          if "sys.path" in text or "from configs" in text or "import configs" in text:
+            bad.append(os.path.relpath(os.path.join(d, f), ROOT))
+  assert not bad, bad

@@ -12,7 +12,6 @@ per run), and `gpt_ads.scaling.report` fits and plots them into `DIR/REPORT.md` 
 """
 
 import csv
-import importlib.util
 import itertools
 import json
 import os
@@ -64,18 +63,9 @@ def _name_part(key: str, value) -> str:
   return f"{key.split('.')[-1]}-{value}" if "." in key else str(value)
 
 
-def _load_module(path: str, what: str):
-  if not os.path.isfile(path):
-    raise ValueError(f"{what} {path!r} does not exist")
-  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def load_sweep(spec: str) -> list[dict]:
   path, _, arg = spec.partition(":")
-  runs = _load_module(path, "--sweep").get_sweep(arg or None)
+  runs = config_lib.load_file(path, "--sweep").get_sweep(arg or None)
   names = [r["name"] for r in runs]
   if len(set(names)) != len(names):
     raise ValueError(f"--sweep={spec}: run names must be unique, got {names}")
@@ -101,7 +91,7 @@ def run_config(run: dict, workdir: str | None = None):
   with a "flops_budget" gets the number of steps that spends it, and warmup capped at a tenth of them). With
   `workdir` (the sweep's), runs on generated data share one copy of it: `data.generated_dir=DIR/generated`
   unless the run sets data.dir or data.generated_dir itself."""
-  config = _load_module(run["config"], "config").get_config(run.get("arg") or None)
+  config = config_lib.load_file(run["config"]).get_config(run.get("arg") or None)
   for key, value in run.get("overrides", {}).items():
     try:
       config_lib.override(config, key, value)
