@@ -22,12 +22,20 @@ slower and faster hosts. The probe's figure and the budget are in each variant's
 `budget_minutes`).
 --out gets JSON: the first variant's figures at the top level (`test_ndcg@10`, `test_hr@10`, `val_ndcg@10`, ...,
 `wall_seconds` = its training + selection + test time, `best_step`) and every variant under `variants`.
+
+Interruption: a SIGTERM (or Ctrl-C) stops the benchmark with one line on stderr and exit status 143 (a SIGTERM
+during training lets the trainer save a checkpoint at that step first; Ctrl-C leaves the last periodic one).
+Rerunning the same command resumes: finished variants train no
+further, a half-trained one continues from its checkpoint, and `--minutes` reuses the step count of the first
+probe (WORKDIR/<variant>_probe.json), so the resumed run has the same schedule. A variant's `wall_seconds` and
+`train_wall_seconds` add up the time of every attempt (`attempts` counts them).
 """
 
 import datetime
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 
@@ -56,6 +64,17 @@ _KS = (10, 50, 200)
 flags.mark_flags_as_required(["data_dir", "workdir", "out"])
 
 
+EXIT_STOPPED = 143  # 128 + SIGTERM, what a shell reports for a job it terminated
+
+
+class Stopped(Exception):
+  """A SIGTERM / Ctrl-C stopped the benchmark; the message says where and how to resume."""
+
+
+def _on_signal(signum, frame):
+  raise Stopped(f"stopped by {signal.Signals(signum).name}")
+
+
 def _log(line: str) -> None:
   print(f"[ml1m {datetime.datetime.now():%H:%M:%S}] {line}", flush=True)
 
@@ -71,31 +90,62 @@ def _config(variant: str, data_dir: str, steps: int | None = None):
 
 
 def seconds_per_step(variant: str, data_dir: str, workdir: str) -> float:
-  """A variant's measured training seconds per step: a `--probe_steps` run in WORKDIR/<variant>_probe, removed."""
+  """A variant's measured training seconds per step: a `--probe_steps` run in WORKDIR/<variant>_probe, removed;
+  the figure is kept in WORKDIR/<variant>_probe.json, which a rerun of the benchmark reads instead of probing."""
   from gpt_ads.training import train
+  saved = os.path.join(workdir, f"{variant}_probe.json")
+  if os.path.exists(saved):
+    seconds = json.load(open(saved))["seconds_per_step"]
+    _log(f"{variant}: {seconds:.3f} s/step from the earlier probe ({saved})")
+    return seconds
   config = _config(variant, data_dir, _PROBE_STEPS.value)
   config.train.log_every = 10
   run_dir = os.path.join(workdir, f"{variant}_probe")
   shutil.rmtree(run_dir, ignore_errors=True)
   result = train.train_and_evaluate(config, run_dir)
+  if result.get("preempted"):
+    raise Stopped(f"stopped by SIGTERM during {variant}'s step-time probe")
   shutil.rmtree(run_dir)
   seconds = result["train_seconds"] / (_PROBE_STEPS.value - 1)  # timed from the end of the first step
+  _write_json(saved, {"seconds_per_step": seconds, "probe_steps": _PROBE_STEPS.value})
   _log(f"{variant}: {seconds:.3f} s/step over a {_PROBE_STEPS.value}-step probe")
   return seconds
 
 
+def _write_json(path: str, value) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as fh:
+    json.dump(value, fh, indent=2)
+  os.replace(tmp, path)
+
+
 def run_variant(variant: str, data_dir: str, workdir: str, step_seconds: float | None = None) -> dict:
-  from gpt_ads import api
-  from gpt_ads.downstream import retrieval
-  from gpt_ads.training import checkpoint, train
-  from gpt_ads.data import store
+  from gpt_ads.training import train
   steps = _STEPS.value if step_seconds is None else max(1, int(_MINUTES.value * 60 / step_seconds))
   config = _config(variant, data_dir, steps)
   run_dir = os.path.join(workdir, variant)
+  attempts_file = os.path.join(workdir, f"{variant}_attempts.json")  # the wall time of the stopped attempts
+  before = json.load(open(attempts_file)) if os.path.exists(attempts_file) else {"seconds": 0.0, "attempts": 0}
   t0 = time.time()
-  _log(f"{variant}: training {config.train.num_steps} steps in {run_dir}")
-  result = train.train_and_evaluate(config, run_dir)
-  train_wall = time.time() - t0
+  try:
+    _log(f"{variant}: training {config.train.num_steps} steps in {run_dir}")
+    result = train.train_and_evaluate(config, run_dir)
+    if result.get("preempted"):
+      raise Stopped(f"stopped by SIGTERM at step {result['step']} of {variant} (checkpoint saved)")
+    train_wall = before["seconds"] + time.time() - t0
+    return _select_and_test(variant, config, data_dir, run_dir, result, t0 - before["seconds"], train_wall,
+                            step_seconds) | {"attempts": before["attempts"] + 1}
+  except Stopped:
+    _write_json(attempts_file, {"seconds": before["seconds"] + time.time() - t0, "attempts": before["attempts"] + 1})
+    raise
+
+
+def _select_and_test(variant, config, data_dir, run_dir, result, t0, train_wall, step_seconds) -> dict:
+  """Early stopping on validation over the kept checkpoints, then the test figures (the variant's JSON)."""
+  from gpt_ads import api
+  from gpt_ads.downstream import retrieval
+  from gpt_ads.training import checkpoint
+  from gpt_ads.data import store
   prepared = store.open_dir(data_dir)
   steps = checkpoint.Checkpointer(run_dir, keep=config.train.keep_checkpoints).all_steps()
   val = {}
@@ -132,10 +182,7 @@ def _write(variants: dict) -> None:
                  "excluded", "date": f"{datetime.date.today()}", "command": " ".join(sys.argv),
                  "variants": variants})
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-  tmp = _OUT.value + ".tmp"
-  with open(tmp, "w") as fh:
-    json.dump(report, fh, indent=2)
-  os.replace(tmp, _OUT.value)
+  _write_json(_OUT.value, report)
 
 
 def main(argv):
@@ -147,6 +194,7 @@ def main(argv):
   if _CPU_DEVICES.value and "xla_force_host_platform_device_count" not in xla_flags:  # before jax is imported
     os.environ["XLA_FLAGS"] = f"{xla_flags} --xla_force_host_platform_device_count={_CPU_DEVICES.value}".strip()
   from gpt_ads.data import movielens, store
+  signal.signal(signal.SIGTERM, _on_signal)  # the trainer installs its own while it trains, then restores this
   try:
     data = os.path.join(_WORKDIR.value, "data")
     try:
@@ -163,6 +211,10 @@ def main(argv):
     for v in _VARIANTS.value:  # --out is rewritten after each variant: a long run's first result is not lost
       variants[v] = run_variant(v, data, _WORKDIR.value, step_seconds.get(v))
       _write(variants)
+  except (Stopped, KeyboardInterrupt) as e:
+    print(f"benchmarks/ml1m.py: {str(e) or 'stopped by SIGINT'}; rerun the same command to resume",
+          file=sys.stderr)
+    sys.exit(EXIT_STOPPED)
   except (ValueError, OSError) as e:
     print(f"benchmarks/ml1m.py: error: {' '.join(str(e).split())}", file=sys.stderr)
     sys.exit(2)
