@@ -57,6 +57,8 @@ def _define_flags():
   d.DEFINE_integer("gap_buckets", 16, "Buckets of the derived time_gap feature.")
   d.DEFINE_bool("overwrite", False, "Replace an existing --output.")
   d.DEFINE_integer("batch_rows", 1_000_000, "Rows per read batch.")
+  d.DEFINE_integer("num_shards", 0, "ArrayRecord files per split, so that hosts read disjoint files (0 = from the "
+                   "data size: files of 64 MiB to 1 GiB). Every split needs at least this many users.")
   flags.mark_flags_as_required(["input", "user_col", "time_col", "features", "output"])
 
 
@@ -74,7 +76,8 @@ def main(argv):
         delimiter=f.delimiter, time_unit=f.time_unit, val_fraction=f.val_fraction, test_fraction=f.test_fraction,
         split_seed=f.split_seed, max_vocab=_per_column_flag("max_vocab", f.max_vocab),
         min_count=_per_column_flag("min_count", f.min_count), hash_buckets=hash_buckets,
-        min_events=f.min_events, gap_buckets=f.gap_buckets, overwrite=f.overwrite, batch_rows=f.batch_rows)
+        min_events=f.min_events, gap_buckets=f.gap_buckets, overwrite=f.overwrite, batch_rows=f.batch_rows,
+        num_shards=f.num_shards)
   except ValueError as e:
     errors.fail(_TOOL, str(e))
   status = execute(options)

@@ -4,7 +4,7 @@ A batch is {feature: int32 [b, t], "segment_ids": int32 [b, t] (0 = padding), "p
 Its source is any random-access source of user records ({feature: int ids [n], ...}), in practice a split of a
 prepared data set (`store.Prepared.source`, a `store.SplitSource`).
 
-Training (endless):   per input shard s of S: source[s::S] -> shuffle(seed), reshuffled every epoch -> repeat ->
+Training (endless):   per input shard s of S: its users (`input_shard_keys`) -> shuffle(seed), reshuffled every epoch -> repeat ->
                       blocks of READ_BLOCK users read in one batched call -> a random window of at most max_len
                       events per user -> iterator (ReadOptions threads) -> unblock -> FirstFitPackIterDataset
                       (several users per row: segment ids, positions restarting per user) or one user per padded
@@ -119,6 +119,14 @@ def local_batch_size(global_batch: int) -> int:
   return global_batch // pc
 
 
+def input_shard_keys(source, shard: int, num_shards: int) -> np.ndarray:
+  """The record keys input shard `shard` of `num_shards` reads: a `store.SplitSource` gives whole files where
+  they divide evenly (each host reads its own files); any other source, every num_shards-th record."""
+  if hasattr(source, "input_shard_keys"):
+    return source.input_shard_keys(shard, num_shards)
+  return np.arange(len(source))[shard::num_shards]
+
+
 def shard_stream(source, *, names: Sequence[str], max_len: int, rows: int, seed: int, shard: int = 0,
                  num_shards: int = 1, pack: bool = True, packing_bins: int = 0, read_threads: int = 1,
                  num_workers: int = 0) -> grain.IterDataset:
@@ -131,7 +139,7 @@ def shard_stream(source, *, names: Sequence[str], max_len: int, rows: int, seed:
   if len(source) < num_shards:
     raise ValueError(f"the training split has {len(source)} users, fewer than the {num_shards} input shards")
   seed = int(np.random.SeedSequence([seed, shard]).generate_state(1)[0])  # the shard's own, whatever the hosts
-  users = grain.MapDataset.range(len(source))[shard::num_shards].shuffle(seed=seed).repeat()
+  users = grain.MapDataset.source(input_shard_keys(source, shard, num_shards)).shuffle(seed=seed).repeat()
   ds = users.batch(READ_BLOCK, batch_fn=list).random_map(_ReadBlock(source, Window(names, max_len)), seed=seed)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2))
   it = grain.experimental.FlatMapIterDataset(it, _Unblock())
@@ -162,8 +170,10 @@ class TrainIterator:
   """
 
   def __init__(self, source, *, names: Sequence[str], max_len: int, global_batch: int, seed: int,
-               num_shards: int = 0, **stream_kwargs):
-    pc, pi = jax.process_count(), jax.process_index()
+               num_shards: int = 0, process_index: int | None = None, process_count: int | None = None,
+               **stream_kwargs):
+    pc = jax.process_count() if process_count is None else process_count  # given: a data loader outside jax
+    pi = jax.process_index() if process_index is None else process_index
     self.num_shards = num_shards or pc
     if self.num_shards % pc or global_batch % self.num_shards:
       raise ValueError(f"config.data.num_shards={self.num_shards} must be a multiple of the {pc} processes and "

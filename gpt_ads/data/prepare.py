@@ -2,7 +2,7 @@
 
   gpt-ads-prepare --input=FILE[,FILE...] [--test_input=FILE[,FILE...]] --user_col=NAME --time_col=NAME
       --features=COL,COL,... [--sampled=COL,...] [--labels=FILE[,FILE...]] [--derive_time=gap,hour,weekday]
-      --output=DIR
+      --output=DIR [--num_shards=N]
 
 One input row is one event. Files are streamed in batches (pyarrow), each batch encoded at once into int arrays
 (user code, int64 time, one value code per feature), so memory is O(events). Values are exact strings ("007"
@@ -18,6 +18,10 @@ Vocabularies come from TRAINING events only: the values seen >= min_count times,
 instead maps a value to 2 + (blake2b-64(value) mod N). --derive_time adds features computed from each user's
 sorted times: time_gap (0 = first event, else 1 + floor(log2(1 + seconds since the previous event)), clipped
 to gap_buckets - 1), hour (0-23, UTC) and weekday (0-6, Monday = 0); derived ids are 2 + bucket.
+
+Output: one ArrayRecord file per split, or --num_shards=N files per split (TFDS spreads the users over them;
+every split needs at least N users). When a split's files divide evenly among the training input shards
+(config.data.num_shards, default one per process) each shard, so each host, reads only its own files.
 
 Timestamps: numbers in --time_unit (a value of digits only is a number), ISO-8601 / "YYYY-MM-DD HH:MM:SS"
 strings (no zone = UTC; "Z" / "+02:00" offsets honoured), or Parquet timestamp / date columns.

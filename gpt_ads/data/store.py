@@ -152,7 +152,7 @@ class _SplitCounter:
 
 def write(out_dir: str, *, features: list[dict], splits: dict[str, Callable[[], Iterable[dict]]],
           labels: dict | None = None, stats: dict | None = None, source: dict | None = None,
-          overwrite: bool = False) -> dict:
+          overwrite: bool = False, num_shards: int = 0) -> dict:
   """Writes a prepared data set to `out_dir` atomically; returns its schema.json contents.
 
   Args:
@@ -161,6 +161,8 @@ def write(out_dir: str, *, features: list[dict], splits: dict[str, Callable[[], 
     splits: {split: () -> iterable of records} for split in SPLITS (callables: TFDS may iterate more than once).
     labels: {name: {kind, ...}} of the per-user labels every record carries (missing values: NaN).
     overwrite: replace an existing data set at `out_dir` (otherwise that is an error).
+    num_shards: ArrayRecord files per split (hosts reading disjoint files: `SplitSource.input_shard_keys`);
+      0 = TFDS's rule from the data size (files of 64 MiB to 1 GiB; one file for a split under 64 MiB).
   """
   out_dir = os.path.abspath(out_dir)
   unknown = sorted(set(splits) - set(SPLITS))
@@ -168,6 +170,8 @@ def write(out_dir: str, *, features: list[dict], splits: dict[str, Callable[[], 
     raise ValueError(f"splits must include 'train' and be among {SPLITS}; got {sorted(splits)}")
   if os.path.exists(out_dir) and not overwrite:
     raise ValueError(f"{out_dir} already exists; choose another --output or remove it first")
+  if num_shards < 0:
+    raise ValueError(f"--num_shards={num_shards}: give 0 (from the data size) or a positive number of files")
   for f in features:
     features_lib.FeatureSpec(name=f["name"], vocab_size=int(f["vocab_size"]), loss=f["loss"])  # validates
   labels = dict(labels or {})
@@ -186,7 +190,14 @@ def write(out_dir: str, *, features: list[dict], splits: dict[str, Callable[[], 
         split_records={s: (lambda s=s: counters[s].wrap(splits[s]())) for s in splits},
         data_dir=os.path.join(tmp, "tfds"), file_format="array_record")
     with _quiet_tfds():
-      builder.download_and_prepare(download_config=_tfds().download.DownloadConfig(try_download_gcs=False))
+      try:
+        builder.download_and_prepare(download_config=_tfds().download.DownloadConfig(
+            try_download_gcs=False, num_shards=num_shards or None))
+      except AssertionError as e:  # TFDS: a split with fewer records than files
+        if "number_of_shards" not in str(e):
+          raise
+        raise ValueError(f"--num_shards={num_shards}: {e}; every split needs at least as many users as files, "
+                         "so give a smaller --num_shards (or 0: from the data size)") from None
     shutil.rmtree(os.path.join(tmp, "tfds", "downloads"), ignore_errors=True)
     meta = {
         "format": FORMAT,
@@ -303,6 +314,21 @@ class SplitSource:
       shards.append((filename, skip, min(take, left)))
       left -= take
     return SplitSource(shards, self._names, self._labels)
+
+  def input_shard_keys(self, shard: int, num_shards: int) -> np.ndarray:
+    """Record keys of input shard `shard` of `num_shards` (gpt_ads.data.pipeline): whole files (files
+    shard, shard + num_shards, ...) when the split's files divide evenly among the input shards, so that each
+    host opens only its own files; otherwise every num_shards-th record from `shard` on (all files)."""
+    files = len(self._shards)
+    if num_shards > 1 and files % num_shards == 0:
+      starts = self._ends - np.array([take for _, _, take in self._shards])
+      return np.concatenate([np.arange(starts[i], self._ends[i]) for i in range(shard, files, num_shards)])
+    return np.arange(len(self))[shard::num_shards]
+
+  def files_read(self) -> list[str]:
+    """The files this source (in this process) has opened so far."""
+    with self._lock:
+      return sorted(self._shards[s][0] for s in self._readers)
 
   def __getstate__(self):  # picklable for grain worker processes: readers are reopened there
     return {k: v for k, v in self.__dict__.items() if k not in ("_readers", "_lock")}

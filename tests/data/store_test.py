@@ -2,13 +2,15 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import subprocess_env, tiny_config
 from gpt_ads.data import datasets, pipeline, store
 from gpt_ads.model import Model, ModelConfig
 from gpt_ads.model.model import dummy_batch
@@ -128,3 +130,41 @@ def test_a_run_picks_features_loss_kinds_and_training_users(tmp_path):
   c.data.features = ("item", "nope")
   with pytest.raises(ValueError, match="has no feature.*nope"):
     datasets.load(c, str(tmp_path / "run"))
+
+
+_READ_AS_PROCESS = """
+import json, sys
+from gpt_ads.data import pipeline, store
+source = store.open_dir(sys.argv[1]).source("train")
+it = pipeline.TrainIterator(source, names=("item", "kind"), max_len=8, global_batch=8, seed=0, num_shards=2,
+                            process_index=int(sys.argv[2]), process_count=2)
+for _ in range(5):
+  next(it)
+print(json.dumps(source.files_read()))
+"""
+
+
+def test_sharded_output_each_process_reads_its_own_files(tmp_path):
+  """num_shards=4: four ArrayRecord files per split; two processes (one input shard each) read disjoint files,
+  two of them each; input shards that do not divide the files read every num_shards-th record instead."""
+  splits = {"train": _users(80, 0), "validation": _users(8, 1), "test": _users(8, 2)}
+  store.write(str(tmp_path / "ds"), features=FEATURES, splits={k: (lambda v=v: iter(v)) for k, v in splits.items()},
+              num_shards=4)
+  source = store.open_dir(str(tmp_path / "ds")).source("train")
+  files = sorted({f for f, _, _ in source._shards})
+  assert len(files) == 4 and all(f.endswith("-of-00004") for f in files)
+  for num_shards in (1, 2, 3, 4):
+    keys = [pipeline.input_shard_keys(source, s, num_shards) for s in range(num_shards)]
+    np.testing.assert_array_equal(np.sort(np.concatenate(keys)), np.arange(len(source)))  # each user once
+  np.testing.assert_array_equal(pipeline.input_shard_keys(source, 0, 1), np.arange(len(source)))
+  np.testing.assert_array_equal(pipeline.input_shard_keys(source, 1, 3), np.arange(len(source))[1::3])
+
+  procs = [subprocess.Popen([sys.executable, "-c", _READ_AS_PROCESS, str(tmp_path / "ds"), str(i)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env())
+           for i in range(2)]
+  read = []
+  for p in procs:
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err[-2000:]
+    read.append(json.loads(out.strip().splitlines()[-1]))
+  assert read == [[files[0], files[2]], [files[1], files[3]]]

@@ -20,6 +20,7 @@ class PrepareOptions:
     hash_buckets: {column: N}: hash those columns into N buckets instead of building a vocabulary.
     min_events: users with fewer events are dropped. gap_buckets: buckets of the derived time_gap.
     batch_rows: rows per read batch (CSV: approximately, via the block size).
+    num_shards: ArrayRecord files per split (0 = from the data size; gpt_ads.data.store.write).
   """
   input: list[str]
   user_col: str
@@ -43,3 +44,4 @@ class PrepareOptions:
   gap_buckets: int = 16
   overwrite: bool = False
   batch_rows: int = 1_000_000
+  num_shards: int = 0

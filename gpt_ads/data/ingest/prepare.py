@@ -58,8 +58,10 @@ def validate(o: PrepareOptions) -> None:
     raise ValueError(f"--val_fraction={o.val_fraction} and --test_fraction={test} must be >= 0 and sum below 1")
   if o.delimiter and len(csv_delimiter("", o.delimiter)) != 1:
     raise ValueError(f"--delimiter={o.delimiter!r} must be one character (or \\t)")
-  if o.min_events < 1 or o.gap_buckets < 2 or o.batch_rows < 1 or min(o.hash_buckets.values(), default=1) < 1:
-    raise ValueError("--min_events and --batch_rows must be >= 1, --gap_buckets >= 2, --hash_buckets N >= 1")
+  if (o.min_events < 1 or o.gap_buckets < 2 or o.batch_rows < 1 or min(o.hash_buckets.values(), default=1) < 1
+      or o.num_shards < 0):
+    raise ValueError("--min_events and --batch_rows must be >= 1, --gap_buckets >= 2, --hash_buckets N >= 1, "
+                     "--num_shards >= 0")
   if os.path.exists(o.output) and not o.overwrite:
     raise ValueError(f"{os.path.abspath(o.output)} already exists; choose another --output or pass --overwrite")
   for path in [*o.input, *o.test_input, *o.labels]:  # before a long read: a typo in the last file fails now
@@ -166,7 +168,7 @@ def prepare(options: PrepareOptions, *, log: Callable[[str], None] = lambda line
   out = os.path.abspath(o.output)
   log(f"writing {out} ...")
   meta = store.write(o.output, features=feats, splits=splits, labels=label_specs, stats=stats, source=source,
-                     overwrite=o.overwrite)
+                     overwrite=o.overwrite, num_shards=o.num_shards)
   dropped = ", ".join(f"{k}={v:,}" for k, v in stats["rows_dropped"].items() if v)
   log("; ".join(f"{s}: {stats['users'][s]:,} users / {stats['events'][s]:,} events" for s in store.SPLITS)
       + f"; rows dropped: {dropped or 'none'}; users dropped (too few events): "
