@@ -59,6 +59,9 @@ def _define_flags():
   d.DEFINE_integer("batch_rows", 1_000_000, "Rows per read batch.")
   d.DEFINE_integer("num_shards", 0, "ArrayRecord files per split, so that hosts read disjoint files (0 = from the "
                    "data size: files of 64 MiB to 1 GiB). Every split needs at least this many users.")
+  d.DEFINE_string("vocab_from", "", "A prepared data set (e.g. yesterday's) whose vocabularies the --features "
+                  "reuse, so a model trained on it can go on training on this one; values it does not know "
+                  "become OOV (or its hash buckets). --max_vocab / --min_count do not apply to them.")
   flags.mark_flags_as_required(["input", "user_col", "time_col", "features", "output"])
 
 
@@ -77,7 +80,7 @@ def main(argv):
         split_seed=f.split_seed, max_vocab=_per_column_flag("max_vocab", f.max_vocab),
         min_count=_per_column_flag("min_count", f.min_count), hash_buckets=hash_buckets,
         min_events=f.min_events, gap_buckets=f.gap_buckets, overwrite=f.overwrite, batch_rows=f.batch_rows,
-        num_shards=f.num_shards)
+        num_shards=f.num_shards, vocab_from=f.vocab_from)
   except ValueError as e:
     errors.fail(_TOOL, str(e))
   status = execute(options)

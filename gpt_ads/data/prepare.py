@@ -2,7 +2,14 @@
 
   gpt-ads-prepare --input=FILE[,FILE...] [--test_input=FILE[,FILE...]] --user_col=NAME --time_col=NAME
       --features=COL,COL,... [--sampled=COL,...] [--labels=FILE[,FILE...]] [--derive_time=gap,hour,weekday]
-      --output=DIR [--num_shards=N]
+      --output=DIR [--num_shards=N] [--vocab_from=DIR]
+
+--input / --test_input entries are files, directories (every CSV / TSV / TXT / Parquet file under them,
+recursively, in path order; names starting with "." or "_" skipped) or globs; a directory named key=value on a
+file's path (hive-style partitions, e.g. date=2026-11-30/) gives its rows the column `key` when the file has
+none (gpt_ads.data.ingest.read). --vocab_from=DIR reuses the vocabularies of the prepared data set DIR for the
+--features (the same ids and sizes, so a model trained on DIR goes on training on this one): values DIR does not
+know are OOV, or fall in DIR's hash buckets where it hashed the feature.
 
 One input row is one event. Files are streamed in batches (pyarrow), each batch encoded at once into int arrays
 (user code, int64 time, one value code per feature), so memory is O(events). Values are exact strings ("007"

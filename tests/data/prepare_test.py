@@ -304,3 +304,69 @@ def test_cli_writes_schema(tmp_path):
   meta = json.load(open(out / "schema.json"))
   assert [f["name"] for f in meta["features"]] == ["ad", "device", "time_gap"]
   assert meta["features"][0]["vocabulary"]["values"] == ["a"] and meta["features"][0]["loss"] == "sampled_softmax"
+
+
+def _records(out_dir):
+  """{split: {user_id: {feature: ids}}} of a prepared data set."""
+  ds = store.open_dir(out_dir)
+  return {s: {r["user_id"]: {f: list(r[f]) for f in ds.feature_names}
+              for r in (ds.source(s)[i] for i in range(len(ds.source(s))))} for s in store.SPLITS}
+
+
+def test_directories_globs_and_hive_partitions_read_like_the_files_in_path_order(tmp_path):
+  """A directory of hive-style partitions (date=.../, CSV and Parquet; _SUCCESS and hidden files skipped) and a
+  glob give the same data set as the same files listed one by one; the date=... directories give the rows a
+  `date` column that can be a feature."""
+  rows = random_events(seed=3)
+  third = len(rows) // 3
+  parts = tmp_path / "events"
+  day1, day2 = parts / "date=2026-11-29", parts / "date=2026-11-30"
+  day1.mkdir(parents=True)
+  day2.mkdir()
+  files = [write_csv(day1 / "part-0.csv", rows[:third]), write_csv(day1 / "part-1.csv", rows[third:2 * third])]
+  cols = list(zip(*rows[2 * third:]))
+  pq.write_table(pa.table({"user": list(cols[0]), "ts": pa.array(cols[1], pa.int64()), "ad": list(cols[2]),
+                           "device": list(cols[3])}), day2 / "part-0.parquet")
+  files.append(str(day2 / "part-0.parquet"))
+  (parts / "_SUCCESS").write_text("")
+  (day2 / ".part-0.parquet.crc").write_text("x")
+  by_files = options(tmp_path, files)
+  prep.prepare(by_files)
+  expected = _records(by_files.output)
+  for entry in (str(parts), str(parts / "date=*" / "part-*")):
+    opts = options(tmp_path, [entry], overwrite=True)
+    prep.prepare(opts)
+    assert _records(opts.output) == expected, entry
+  with_date = options(tmp_path, [str(parts)], features=["ad", "device", "date"], overwrite=True)
+  meta = prep.prepare(with_date)
+  date = next(f for f in meta["features"] if f["name"] == "date")
+  assert sorted(date["vocabulary"]["values"]) == ["2026-11-29", "2026-11-30"]
+  with pytest.raises(ValueError, match="matches no file"):
+    prep.prepare(options(tmp_path, [str(tmp_path / "nothing-*.csv")], overwrite=True))
+
+
+def test_vocab_from_reuses_yesterdays_ids_and_unseen_values_are_oov(tmp_path):
+  """Today's log prepared with --vocab_from=yesterday: the same ids and vocab sizes (values and hash buckets)
+  for what yesterday knew, OOV for the values it did not; a feature yesterday lacks is a one-line error."""
+  yesterday = [(f"u{i % 12}", i, f"ad{i % 5}", ["phone", "desktop"][i % 2]) for i in range(96)]
+  today = [(f"v{i % 12}", i, f"ad{i % 7}", ["phone", "tablet"][i % 2]) for i in range(96)]
+  old = options(tmp_path / "y", [write_csv(tmp_path / "y.csv", yesterday)], hash_buckets={"device": 8})
+  (tmp_path / "y").mkdir()
+  old_meta = prep.prepare(old)
+  new = options(tmp_path, [write_csv(tmp_path / "t.csv", today)], vocab_from=old.output)
+  new_meta = prep.prepare(new)
+  before = {f["name"]: f for f in old_meta["features"]}
+  for f in new_meta["features"]:
+    assert f["vocab_size"] == before[f["name"]]["vocab_size"]
+    assert {k: v for k, v in f["vocabulary"].items() if k != "from"} == before[f["name"]]["vocabulary"]
+  known = before["ad"]["vocabulary"]["values"]
+  for user, events in decode(new.output)["train"].items():
+    ads = [e[2] for e in sorted((r for r in today if r[0] == user), key=lambda r: r[1])]
+    assert events["ad"] == [a if a in known else None for a in ads]  # ad5, ad6: unseen yesterday -> OOV
+  assert any(None in u["ad"] for s in decode(new.output).values() for u in s.values())
+  with pytest.raises(ValueError, match="has no feature 'campaign'"):
+    prep.prepare(options(tmp_path, [str(tmp_path / "t.csv")], features=["ad", "campaign"],
+                         vocab_from=old.output, overwrite=True))
+  with pytest.raises(ValueError, match="disagrees with --vocab_from"):
+    prep.prepare(options(tmp_path, [str(tmp_path / "t.csv")], hash_buckets={"device": 4}, vocab_from=old.output,
+                         overwrite=True))

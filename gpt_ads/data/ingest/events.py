@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from gpt_ads.data.ingest.options import PrepareOptions
-from gpt_ads.data.ingest.read import MISSING, as_strings, batches
+from gpt_ads.data.ingest.read import MISSING, as_strings, batches, expand_inputs
 from gpt_ads.data.ingest.timestamps import parse_time
 
 
@@ -55,17 +55,20 @@ class Events:
 
 
 def read_events(options: PrepareOptions, stats: dict, log: Callable[[str], None]) -> Events:
-  """Every event of --input then --test_input, in file order; counts rows and drops into `stats`."""
+  """Every event of --input then --test_input (their files: `expand_inputs`), in file order; counts rows and
+  drops into `stats`."""
   users, encoders = Encoder(), {c: Encoder() for c in options.features}
   parts = {k: [] for k in ("user", "time", *options.features)}
   needed = [options.user_col, options.time_col, *options.features]
   dropped, missing_values = stats["rows_dropped"], stats["missing_values"]
   start, kept, test_start = time_lib.time(), 0, None
-  for path in [*options.input, *options.test_input]:
-    if path in options.test_input and test_start is None:
+  inputs = expand_inputs(options.input, "--input")
+  test_inputs = expand_inputs(options.test_input, "--test_input")
+  for i, (path, partitions) in enumerate(inputs + test_inputs):
+    if i == len(inputs):
       test_start = kept
     rows = 0
-    for batch in batches(path, needed, options):
+    for batch in batches(path, needed, options, partitions):
       u = users.encode(as_strings(batch.column(options.user_col), path, rows, options.user_col))
       t, no_time = parse_time(batch.column(options.time_col), options.time_unit, path, rows, options.time_col)
       keep = (u >= 0) & ~no_time

@@ -21,6 +21,8 @@ class PrepareOptions:
     min_events: users with fewer events are dropped. gap_buckets: buckets of the derived time_gap.
     batch_rows: rows per read batch (CSV: approximately, via the block size).
     num_shards: ArrayRecord files per split (0 = from the data size; gpt_ads.data.store.write).
+    vocab_from: a prepared data set whose vocabularies the --features reuse ("" = build them from the training
+      events); see gpt_ads.data.ingest.vocab.
   """
   input: list[str]
   user_col: str
@@ -45,3 +47,4 @@ class PrepareOptions:
   overwrite: bool = False
   batch_rows: int = 1_000_000
   num_shards: int = 0
+  vocab_from: str = ""

@@ -21,9 +21,9 @@ from gpt_ads.data.ingest.clean import POLICY, clean, segments
 from gpt_ads.data.ingest.events import Events, read_events
 from gpt_ads.data.ingest.labels import read_labels
 from gpt_ads.data.ingest.options import PrepareOptions
-from gpt_ads.data.ingest.read import check_file, csv_delimiter
+from gpt_ads.data.ingest.read import check_file, csv_delimiter, expand_inputs
 from gpt_ads.data.ingest.timestamps import DERIVED, TIME_UNITS, derived_feature
-from gpt_ads.data.ingest.vocab import encode_feature, stable_hash
+from gpt_ads.data.ingest.vocab import check_reusable, encode_feature, reuse_feature, stable_hash
 
 
 def user_split(user_id: str, *, seed: int = 0, val_fraction: float = 0.05, test_fraction: float = 0.05) -> str:
@@ -64,7 +64,11 @@ def validate(o: PrepareOptions) -> None:
                      "--num_shards >= 0")
   if os.path.exists(o.output) and not o.overwrite:
     raise ValueError(f"{os.path.abspath(o.output)} already exists; choose another --output or pass --overwrite")
-  for path in [*o.input, *o.test_input, *o.labels]:  # before a long read: a typo in the last file fails now
+  if o.vocab_from:
+    check_reusable(o, reused_features(o))
+  # Before a long read: a typo in the last file fails now.
+  files = [f for f, _ in expand_inputs(o.input, "--input") + expand_inputs(o.test_input, "--test_input")]
+  for path in files + o.labels:
     check_file(path)
 
 
@@ -103,13 +107,23 @@ def _split_users(ev: Events, order: np.ndarray, in_test: np.ndarray, o: PrepareO
   return _Users(starts=starts, lengths=lengths, code=seg_user, split=split)
 
 
+def reused_features(o: PrepareOptions) -> dict[str, dict]:
+  """{name: feature dict} of the --vocab_from data set's schema.json ({} without --vocab_from)."""
+  if not o.vocab_from:
+    return {}
+  return {f["name"]: f for f in store.open_dir(o.vocab_from).meta["features"]}
+
+
 def _encode_features(ev: Events, order: np.ndarray, users: _Users, o: PrepareOptions,
                      stats: dict) -> tuple[list[dict], dict[str, np.ndarray]]:
   """(schema feature dicts, {feature: ids int32 [kept events]}): the --features, then the --derive_time ones."""
   train = np.repeat(users.split == "train", users.lengths)  # [events]
   feats, ids = [], {}
+  prior = reused_features(o)
   for c in o.features:
-    ids[c], feature = encode_feature(c, ev.values.pop(c)[order], ev.encoders[c].values, train, o)
+    codes, values = ev.values.pop(c)[order], ev.encoders[c].values
+    ids[c], feature = (reuse_feature(c, codes, values, prior[c], o) if prior else
+                       encode_feature(c, codes, values, train, o))
     stats["oov_events"][c] = int((ids[c][train] == features_lib.OOV_ID).sum())
     feats.append(feature)
   first = np.zeros(len(order), bool)
@@ -117,6 +131,9 @@ def _encode_features(ev: Events, order: np.ndarray, users: _Users, o: PrepareOpt
   for kind in o.derive_time:
     name = DERIVED[kind]
     ids[name], vocab, size = derived_feature(kind, ev.time[order], first, o.gap_buckets)
+    if name in prior and prior[name]["vocab_size"] != size:
+      raise ValueError(f"--vocab_from={o.vocab_from}: its {name!r} has {prior[name]['vocab_size']} ids, this run's "
+                       f"{size}; use the --gap_buckets it was prepared with")
     feats.append({"name": name, "vocab_size": size, "loss": "softmax", "vocabulary": vocab,
                   "source": f"derived:{kind}"})
   return feats, ids

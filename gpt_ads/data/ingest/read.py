@@ -1,12 +1,21 @@
-"""Reading event / label files: format and delimiter, header and column checks, record batches, exact strings.
+"""Reading event / label files: which files (`expand_inputs`), format and delimiter, header and column checks,
+record batches, exact strings.
 
 A file that is missing, empty, without a header, with duplicate or missing columns, with a malformed CSV row or
 that cannot be read to its end is a ValueError naming the file (and the row where one is known).
+
+Inputs (`expand_inputs`): an --input / --test_input entry is a file, a directory (every event file under it,
+recursively: CSV / TSV / TXT / Parquet by extension, compressed or not; names starting with "." or "_", such
+as _SUCCESS, skipped) or a glob (`*`, `?`, `[...]`; directories among its matches expanded the same way), in
+sorted path order. Hive-style partitions: a directory named `key=value` on a file's path gives its rows the
+column `key` with that value (as a string) when the file has no such column, e.g. `events/date=2026-11-30/
+part-0.parquet` -> column `date`.
 """
 
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import os
 import re
@@ -19,6 +28,34 @@ import pyarrow.parquet as pq
 from gpt_ads.data.ingest.options import PrepareOptions
 
 MISSING = ("", "NaN", "nan", "NAN")  # (and null) a missing value
+_EVENT_FILE = re.compile(r"\.(csv|tsv|txt|parquet|pq)(\.(gz|bz2|zst|lz4))?$", re.I)
+
+
+def expand_inputs(entries: list[str], flag: str) -> list[tuple[str, dict[str, str]]]:
+  """The event files of --input / --test_input entries (module docstring), in order, each with the
+  `key=value` partition values of its directories."""
+  files = []
+  for entry in entries:
+    if glob.has_magic(entry):
+      matches = sorted(glob.glob(entry, recursive=True))
+      if not matches:
+        raise ValueError(f"{flag} {entry!r}: the pattern matches no file; check the path")
+    else:
+      matches = [entry]
+    for m in matches:
+      if os.path.isdir(m):
+        found = sorted(os.path.join(d, f) for d, subdirs, names in os.walk(m) for f in names
+                       if _EVENT_FILE.search(f) and not f.startswith((".", "_"))
+                       and not any(part.startswith((".", "_")) for part in os.path.relpath(d, m).split(os.sep)
+                                   if part != "."))
+        if not found:
+          raise ValueError(f"{m}: is a directory with no event files (.csv, .tsv, .txt, .parquet, .pq, "
+                           f"compressed or not) under it; check {flag}")
+        files += found
+      else:
+        files.append(m)
+  return [(f, dict(part.split("=", 1) for part in os.path.dirname(f).split(os.sep) if "=" in part[1:]))
+          for f in files]
 
 
 def file_format(path: str, fmt: str) -> str:
@@ -40,7 +77,7 @@ def csv_delimiter(path: str, delimiter: str | None) -> str:
 
 def check_file(path: str) -> None:
   if os.path.isdir(path):
-    raise ValueError(f"{path}: is a directory; give the event files in it (comma-separated) instead")
+    raise ValueError(f"{path}: is a directory; give the files in it (comma-separated) instead")
   if not os.path.isfile(path):
     raise ValueError(f"{path}: no such file; check --input / --test_input / --labels")
   if os.path.getsize(path) == 0:
@@ -90,31 +127,44 @@ def csv_parse_error(path: str, delimiter: str, num_columns: int, err: Exception)
   return f"{path}: malformed CSV ({str(err).splitlines()[0]}); fix the file or the --delimiter"
 
 
-def batches(path: str, needed: list[str], options: PrepareOptions):
-  """Yields record batches of the `needed` columns of one file (CSV columns as binary: exact bytes).
+def batches(path: str, needed: list[str], options: PrepareOptions, partitions: dict[str, str] | None = None):
+  """Yields record batches of the `needed` columns of one file (CSV columns as binary: exact bytes); a needed
+  column the file lacks comes from `partitions` (its hive-style directories) when they have it.
 
   A file that cannot be read to its end (truncated compression, damaged Parquet pages, I/O errors) is a
   ValueError naming it."""
   try:
-    yield from _file_batches(path, needed, options)
+    yield from _file_batches(path, needed, options, partitions or {})
   except (OSError, pa.ArrowException) as e:  # our own errors are plain ValueErrors, not these
     raise ValueError(f"{path}: cannot be read to its end ({' '.join(str(e).split())[:200]}); is the file complete "
                      "(not truncated) and in the format its extension / --format says?") from None
 
 
-def _file_batches(path: str, needed: list[str], options: PrepareOptions):
+def _with_constants(batch: pa.RecordBatch, constants: dict[str, str]) -> pa.RecordBatch:
+  if not constants:
+    return batch
+  extra = [pa.array([v.encode("utf-8")] * batch.num_rows, pa.binary()) for v in constants.values()]
+  return pa.RecordBatch.from_arrays(batch.columns + extra, names=batch.schema.names + list(constants))
+
+
+def _file_batches(path: str, needed: list[str], options: PrepareOptions, partitions: dict[str, str]):
   if file_format(path, options.format) == "parquet":
     check_file(path)
     try:
       pf = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as e:
       raise ValueError(f"{path}: not a readable Parquet file ({e}); pass --format=csv if it is CSV") from None
-    check_columns(path, pf.schema_arrow.names, needed)
-    yield from pf.iter_batches(batch_size=options.batch_rows, columns=needed)
+    names = pf.schema_arrow.names
+    constants = {c: partitions[c] for c in needed if c not in names and c in partitions}
+    check_columns(path, names + list(constants), needed)
+    for batch in pf.iter_batches(batch_size=options.batch_rows, columns=[c for c in needed if c not in constants]):
+      yield _with_constants(batch, constants)
     return
   delimiter = csv_delimiter(path, options.delimiter)
   names, bytes_per_row = csv_header(path, delimiter)
-  check_columns(path, names, needed)
+  constants = {c: partitions[c] for c in needed if c not in names and c in partitions}
+  check_columns(path, names + list(constants), needed)
+  needed = [c for c in needed if c not in constants]
   try:
     reader = pacsv.open_csv(
         path, read_options=pacsv.ReadOptions(block_size=int(min(max(options.batch_rows * bytes_per_row, 1 << 16),
@@ -123,7 +173,7 @@ def _file_batches(path: str, needed: list[str], options: PrepareOptions):
         convert_options=pacsv.ConvertOptions(include_columns=needed,
                                              column_types={c: pa.binary() for c in needed}))
     for batch in reader:
-      yield batch
+      yield _with_constants(batch, constants)
   except pa.ArrowInvalid as e:
     raise ValueError(csv_parse_error(path, delimiter, len(names), e)) from None
 

@@ -2,11 +2,15 @@
 
 Vocabulary: the values seen >= min_count times, the max_vocab most frequent (ties by value string), ids 2.. in
 decreasing frequency; anything else is OOV (1). Hashing maps a value to 2 + (blake2b-64(value) mod N) (HASH).
+Reused (--vocab_from=DIR, `reuse_feature`): DIR's vocabulary of the same feature as it stands (the same ids
+and vocab_size, so a model trained on DIR reads this data set unchanged); values DIR does not know are OOV, or
+fall in DIR's hash buckets when it hashed the feature.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -42,13 +46,48 @@ def _vocabulary(codes: np.ndarray, train: np.ndarray, values: list[str], *, min_
   return lut, [values[i] for i in top]
 
 
+def _hash_lut(values: list[str], buckets: int) -> np.ndarray:
+  lut = np.fromiter((features_lib.NUM_RESERVED + stable_hash(v) % buckets for v in values), np.int32, len(values))
+  return np.append(lut, features_lib.OOV_ID).astype(np.int32)
+
+
+def reuse_feature(c: str, codes: np.ndarray, values: list[str], prior: dict, o: PrepareOptions):
+  """(ids int32 [events], schema feature dict) of feature column `c` encoded with `prior`, the same feature's
+  dict in the schema.json of --vocab_from (checked by `check_reusable`)."""
+  vocab = prior["vocabulary"]
+  if vocab["kind"] == "hash":
+    lut = _hash_lut(values, int(vocab["num_buckets"]))
+  else:
+    index = {v: features_lib.NUM_RESERVED + i for i, v in enumerate(vocab["values"])}
+    lut = np.array([index.get(v, features_lib.OOV_ID) for v in values] + [features_lib.OOV_ID], np.int32)
+  loss = "sampled_softmax" if c in o.sampled else "softmax"
+  return lut[codes], {"name": c, "vocab_size": int(prior["vocab_size"]), "loss": loss,
+                      "vocabulary": {**vocab, "from": os.path.abspath(o.vocab_from)}, "source": c}
+
+
+def check_reusable(o: PrepareOptions, prior: dict[str, dict]) -> None:
+  """--vocab_from: every --features column has a reusable vocabulary there, and --hash_buckets agrees."""
+  for c in o.features:
+    f = prior.get(c)
+    if f is None:
+      raise ValueError(f"--vocab_from={o.vocab_from}: has no feature {c!r} (it has {sorted(prior)}); drop it from "
+                       "--features or prepare without --vocab_from")
+    kind = f.get("vocabulary", {}).get("kind")
+    if kind not in ("values", "hash"):
+      raise ValueError(f"--vocab_from={o.vocab_from}: feature {c!r} has a vocabulary of kind {kind!r}, which "
+                       "cannot be reused (only 'values' and 'hash')")
+    buckets = f["vocabulary"].get("num_buckets") if kind == "hash" else None
+    if c in o.hash_buckets and o.hash_buckets[c] != buckets:
+      raise ValueError(f"--hash_buckets={c}:{o.hash_buckets[c]} disagrees with --vocab_from={o.vocab_from}, "
+                       f"where {c!r} is {'hashed into ' + str(buckets) + ' buckets' if buckets else 'a vocabulary'}"
+                       "; drop it from --hash_buckets")
+
+
 def encode_feature(c: str, codes: np.ndarray, values: list[str], train: np.ndarray, o: PrepareOptions):
   """(ids int32 [events], schema feature dict) of feature column `c` from its value codes in event order."""
   if c in o.hash_buckets:
     buckets = int(o.hash_buckets[c])
-    lut = np.fromiter((features_lib.NUM_RESERVED + stable_hash(v) % buckets for v in values), np.int32,
-                      len(values))
-    lut = np.append(lut, features_lib.OOV_ID).astype(np.int32)
+    lut = _hash_lut(values, buckets)
     vocab, size = {"kind": "hash", "num_buckets": buckets, "hash": HASH}, features_lib.NUM_RESERVED + buckets
   else:
     min_count, max_size = _per_column(o.min_count, c, 1), _per_column(o.max_vocab, c, 1_000_000)
