@@ -135,7 +135,7 @@ def run_variant(variant: str, data_dir: str, workdir: str, step_seconds: float |
     train_wall = before["seconds"] + time.time() - t0
     return _select_and_test(variant, config, data_dir, run_dir, result, t0 - before["seconds"], train_wall,
                             step_seconds) | {"attempts": before["attempts"] + 1}
-  except Stopped:
+  except (Stopped, KeyboardInterrupt):  # this attempt's time counts in the resumed run's wall_seconds
     _write_json(attempts_file, {"seconds": before["seconds"] + time.time() - t0, "attempts": before["attempts"] + 1})
     raise
 
