@@ -28,7 +28,13 @@ import pyarrow.parquet as pq
 from gpt_ads.data.ingest.options import PrepareOptions
 
 MISSING = ("", "NaN", "nan", "NAN")  # (and null) a missing value
-_EVENT_FILE = re.compile(r"\.(csv|tsv|txt|parquet|pq)(\.(gz|bz2|zst|lz4))?$", re.I)
+FORMATS = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet"}  # by extension
+_COMPRESSED = re.compile(r"\.(gz|bz2|zst|lz4)$")
+
+
+def _extension(path: str) -> str:
+  """The extension that names the format, under a compression suffix: "a.CSV.gz" -> ".csv"."""
+  return os.path.splitext(_COMPRESSED.sub("", path.lower()))[1]
 
 
 def expand_inputs(entries: list[str], flag: str) -> list[tuple[str, dict[str, str]]]:
@@ -44,8 +50,8 @@ def expand_inputs(entries: list[str], flag: str) -> list[tuple[str, dict[str, st
       matches = [entry]
     for m in matches:
       if os.path.isdir(m):
-        found = sorted(os.path.join(d, f) for d, subdirs, names in os.walk(m) for f in names
-                       if _EVENT_FILE.search(f) and not f.startswith((".", "_"))
+        found = sorted(os.path.join(d, f) for d, _, names in os.walk(m) for f in names
+                       if _extension(f) in FORMATS and not f.startswith((".", "_"))
                        and not any(part.startswith((".", "_")) for part in os.path.relpath(d, m).split(os.sep)
                                    if part != "."))
         if not found:
@@ -61,11 +67,9 @@ def expand_inputs(entries: list[str], flag: str) -> list[tuple[str, dict[str, st
 def file_format(path: str, fmt: str) -> str:
   if fmt != "auto":
     return fmt
-  ext = os.path.splitext(re.sub(r"\.(gz|bz2|zst|lz4)$", "", path.lower()))[1]
-  if ext in (".csv", ".tsv", ".txt"):
-    return "csv"
-  if ext in (".parquet", ".pq"):
-    return "parquet"
+  ext = _extension(path)
+  if ext in FORMATS:
+    return FORMATS[ext]
   raise ValueError(f"{path}: cannot tell the format from the extension {ext!r}; pass --format=csv or parquet")
 
 
