@@ -137,7 +137,8 @@ def user_evidence(params, batch, *, schema: features.Schema, config, background:
   """Per-user evidence in one forward pass (gpt_ads.objective.evidence): for every feature the mean and spread of the
   per-event exact NLL, the mean predictive entropy, the gain over `background` ({feature: [v] log p}, e.g.
   `evidence.background_log_probs` of the training counts), for copy features the mean predicted repeat
-  probability; "num_predicted" and user vectors "vector/last", "vector/mean". -> {key: [b] or [b, d]}."""
+  probability; "num_predicted", user vectors "vector/last", "vector/mean" and the value histograms of the
+  low-cardinality features "counts/<f>" [b, v], "transitions/<f>" [b, v * v]. -> {key: [b], [b, d] or [b, m]}."""
   outputs, hidden = _forward(params, batch, schema, config)
   return evidence_lib.user_evidence(params, outputs, hidden, batch, schema=schema, chunk=vocab_chunk,
                                     background=background)

@@ -39,7 +39,9 @@ scores):
 
 Labelled (`fit_labeled(unsup, y, positive_unlabeled=...)`, fitted on the reference users): a logistic
 regression (L2 by cross-validation) on `unsup.design` = [calibrated evidence, reduced vectors, log tails of the
-unsupervised scores] and, with every label known, the whole mean-pooled vector: the supervised reference. With a
+unsupervised scores] and, with every label known, the whole mean-pooled vector and the users' value histograms
+(evidence "counts/*", "transitions/*": a likelihood ratio between populations is linear in them): the supervised
+reference. With a
 few known
 positives (positive-unlabeled learning: confirmed bots from honeypots, rules or manual review; everyone else
 unlabeled) the same model separates the labeled positives from the unlabeled users (class-balanced; under the
@@ -61,8 +63,14 @@ SEED = 0
 
 
 def evidence_columns(ev: dict) -> list[str]:
-  """The scalar evidence keys ("<feature>/<stat>"), sorted: every entry but the vectors and the counts."""
-  return sorted(k for k in ev if not k.startswith("vector/") and k != "num_predicted")
+  """The scalar evidence keys ("<feature>/<stat>"), sorted: every [n] entry but "num_predicted" (not the
+  vectors, not the value histograms)."""
+  return sorted(k for k in ev if np.ndim(ev[k]) == 1 and k != "num_predicted")
+
+
+def histogram_columns(ev: dict) -> list[str]:
+  """The value-histogram keys ("counts/<feature>", "transitions/<feature>": [n, m] each), sorted."""
+  return sorted(k for k in ev if k.startswith(("counts/", "transitions/")))
 
 
 def _matrix(ev: dict, columns: list[str]) -> np.ndarray:
@@ -127,7 +135,8 @@ class Unsupervised:
     self.knn = neighbors.NearestNeighbors(n_neighbors=int(self.ks[-1]) + 1).fit(self._whitened(z, v)[keep])
     raw = self._raw(z, v)
     self.reference_scores = {k: np.sort(s) for k, s in raw.items()}
-    self._reference = (z, v, raw, np.asarray(reference["vector/mean"], np.float64))  # for design(None)
+    self.histograms = histogram_columns(reference)
+    self._reference = (z, v, raw, self._high_dim(reference))  # for design(None)
 
   def features(self, ev: dict) -> tuple[np.ndarray, np.ndarray]:
     """-> (calibrated evidence [n, D], reduced mean vectors [n, <= VECTOR_COMPONENTS])."""
@@ -161,17 +170,22 @@ class Unsupervised:
       out[f"evidence/{c}"] = np.abs(z[:, i])
     return out
 
-  def design(self, ev: dict | None, *, whole_vector: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+  def design(self, ev: dict | None, *, high_dim: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """-> (x, raw scores): x = [calibrated evidence, reduced vectors, log tails of the unsupervised scores] and,
-    with `whole_vector`, the whole mean-pooled vector: the labelled detectors' input. `ev` None: the reference
-    users, from what the fit computed (not scored again)."""
+    with `high_dim`, the whole mean-pooled vector and the value histograms: the labelled detectors' input. `ev`
+    None: the reference users, from what the fit computed (not scored again)."""
     if ev is None:
-      z, v, raw, mean = self._reference
+      z, v, raw, whole = self._reference
     else:
       z, v = self.features(ev)
-      raw, mean = self._raw(z, v), np.asarray(ev["vector/mean"], np.float64)
+      raw, whole = self._raw(z, v), self._high_dim(ev)
     tails = np.stack([np.log(self.tail(k, raw[k])) for k in self.SCORES], axis=1)
-    return np.hstack([z, v, tails] + ([mean] if whole_vector else [])), raw
+    return np.hstack([z, v, tails] + ([whole] if high_dim else [])), raw
+
+  def _high_dim(self, ev: dict) -> np.ndarray:
+    """[n, d + Σ m]: the mean-pooled vector and the histograms named at fit time."""
+    return np.hstack([np.asarray(ev["vector/mean"], np.float64)] +
+                     [np.asarray(ev[k], np.float64).reshape(len(ev[k]), -1) for k in self.histograms])
 
 
 def fit_scorer(x: np.ndarray, y: np.ndarray, *, balanced: bool):
@@ -189,16 +203,17 @@ def fit_scorer(x: np.ndarray, y: np.ndarray, *, balanced: bool):
 def fit_labeled(unsup: Unsupervised, y: np.ndarray, *, positive_unlabeled: bool):
   """The labelled detector fitted on `unsup`'s reference users with labels y (module docstring) -> a score
   function of evidence dicts. Every label known: the logistic regression on `unsup.design` with the whole mean
-  vector. Positive-unlabeled: the same without it (a few positives cannot fit 100+ more coefficients), pooled by
+  vector and the histograms. Positive-unlabeled: the same without them (a few positives cannot fit hundreds more
+  coefficients), pooled by
   Fisher's combination of its tail among the training users with the unsupervised headline's tail."""
-  x, _ = unsup.design(None, whole_vector=not positive_unlabeled)
+  x, _ = unsup.design(None, high_dim=not positive_unlabeled)
   score = fit_scorer(x, y, balanced=positive_unlabeled)
   if not positive_unlabeled:
-    return lambda ev: score(unsup.design(ev, whole_vector=True)[0])
+    return lambda ev: score(unsup.design(ev, high_dim=True)[0])
   reference = np.sort(score(x))
 
   def combined(ev: dict) -> np.ndarray:
-    x_new, raw = unsup.design(ev, whole_vector=False)
+    x_new, raw = unsup.design(ev, high_dim=False)
     return -np.log(tail_share(reference, score(x_new))) - np.log(unsup.tail(unsup.HEADLINE, raw[unsup.HEADLINE]))
   return combined
 

@@ -12,6 +12,13 @@ events (position t predicts event t + 1 of the same user, `objective.targets`):
                          of the user's last k values
 and "num_predicted" [b] (a user with a single event has none: no evidence), "vector/last" (the hidden state
 after the last event) and "vector/mean" (the mean over events), [b, d]. Every entry is [b] f32 unless noted.
+For low-cardinality features the user's own value histograms, over ALL its events (inputs, not predictions):
+  counts/f        [b, v] how often each id occurs (features with v <= COUNTED_VOCAB)
+  transitions/f   [b, v * v] how often id i is followed by id j in the next event, at i * v + j (v <=
+                  TRANSITION_VOCAB)
+The log-likelihood ratio between two populations that draw such a feature i.i.d. (or as a Markov chain) is
+linear in these counts, which no mean of per-event statistics recovers: a supervised detector reads them to tell
+apart groups whose rows differ only slightly (BUILD_NOTES, Downstream).
 Pure and jit-able; memory O(b t c) for a sampled feature (vocabulary chunks of c ids), O(b t v) for a softmax one.
 
 Einsum letters: b batch, t time, d model width, e feature embedding width, k copy lags.
@@ -26,6 +33,8 @@ from gpt_ads.model.heads import copy_inputs, output_table, take_at
 from gpt_ads.objective import losses, objective
 
 VECTORS = ("last", "mean")  # user-vector poolings, "vector/<pooling>"
+COUNTED_VOCAB = 64      # features with at most this many ids get "counts/<name>"
+TRANSITION_VOCAB = 8    # ... and at most this many "transitions/<name>" (v * v columns)
 
 
 def background_log_probs(counts: np.ndarray, vocab_size: int, smoothing: float = 0.5) -> np.ndarray:
@@ -52,6 +61,22 @@ def pool(hidden: jax.Array, segment_ids: jax.Array, pooling: str) -> jax.Array:
     m = (segment_ids > 0).astype(hidden.dtype)[..., None]
     return jnp.sum(hidden * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
   raise ValueError(f"pooling={pooling!r} must be one of {VECTORS}")
+
+
+def histograms(batch: dict[str, jax.Array], schema: features_lib.Schema) -> dict[str, jax.Array]:
+  """{"counts/<f>": [b, v], "transitions/<f>": [b, v * v]} f32 of the low-cardinality features (module
+  docstring), over each row's events (segment_ids > 0; rows left-aligned)."""
+  valid = batch[features_lib.SEGMENT_IDS] > 0  # [b, t]
+  pair = valid[:, 1:] & valid[:, :-1]          # [b, t - 1]: consecutive events of the same user
+  out = {}
+  for f in schema:
+    v, ids = f.vocab_size, batch[f.name]
+    if v <= COUNTED_VOCAB:
+      out[f"counts/{f.name}"] = jnp.einsum("btv,bt->bv", jax.nn.one_hot(ids, v), valid.astype(jnp.float32))
+    if v <= TRANSITION_VOCAB:
+      out[f"transitions/{f.name}"] = jnp.einsum("btv,bt->bv", jax.nn.one_hot(ids[:, :-1] * v + ids[:, 1:], v * v),
+                                                pair.astype(jnp.float32))
+  return out
 
 
 def _sampled_stats(params, outputs, spec, labels, chunk: int):
@@ -109,4 +134,4 @@ def user_evidence(params, outputs: dict[str, jax.Array], hidden: jax.Array, batc
   out["num_predicted"] = jnp.max(jnp.stack([jnp.sum(mk, axis=1) for mk in mask.values()]), axis=0)
   for pooling in VECTORS:
     out[f"vector/{pooling}"] = pool(hidden, batch[features_lib.SEGMENT_IDS], pooling)
-  return out
+  return out | histograms(batch, schema)

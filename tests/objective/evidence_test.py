@@ -62,3 +62,23 @@ def test_evidence_is_the_full_distributions_statistics(run):
 def test_background_is_the_smoothed_unigram():
   lp = evidence.background_log_probs(np.array([0, 3, 1, 0]), 4, smoothing=0.5)
   np.testing.assert_allclose(np.exp(lp), [0.0, 3.5 / 5.5, 1.5 / 5.5, 0.5 / 5.5], rtol=1e-6)
+
+
+def test_histograms_count_each_users_values_and_transitions(run):
+  params, schema, config, batch, lengths = run
+  ev = jax.device_get(jax.jit(functools.partial(api.user_evidence, schema=schema, config=config))(params, batch))
+  small = [f for f in schema if f.vocab_size <= evidence.COUNTED_VOCAB]
+  assert small and all(f"counts/{f.name}" in ev for f in small)
+  assert any(f.vocab_size <= evidence.TRANSITION_VOCAB and f"transitions/{f.name}" in ev for f in small)
+  assert not any(k.endswith(f.name) for f in schema if f.vocab_size > evidence.COUNTED_VOCAB for k in ev
+                 if k.startswith(("counts/", "transitions/")))
+  for f in small:
+    v = f.vocab_size
+    for r, n in enumerate(lengths):
+      ids = batch[f.name][r, :n]  # the user's events only, never the padding after them
+      np.testing.assert_array_equal(ev[f"counts/{f.name}"][r], np.bincount(ids, minlength=v), err_msg=f.name)
+      if v <= evidence.TRANSITION_VOCAB:
+        expected = np.zeros((v, v))
+        for a, b in zip(ids[:-1], ids[1:]):
+          expected[a, b] += 1
+        np.testing.assert_array_equal(ev[f"transitions/{f.name}"][r].reshape(v, v), expected, err_msg=f.name)
