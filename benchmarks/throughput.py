@@ -1,6 +1,19 @@
-"""Training speed against this machine's own limits: matmul peak, MFU per preset, compile and vocabulary scaling.
+"""Training speed against the device's limits: matmul peak, MFU per preset, memory, compile and vocabulary scaling.
 
     python benchmarks/throughput.py --out=/tmp/throughput.json [--presets=nano,...,xl] [--steps=5]
+    python benchmarks/throughput.py --platform=gpu --presets=small,large,xl,xxl --batch_size=256 \
+        --attention=xla,cudnn --parts=presets --out=/tmp/gpu.json          # benchmarks/device.sh runs this
+    python benchmarks/throughput.py --dry_run --presets=xl,xxl --batch_size=256 --out=/tmp/plan.json
+
+--platform=cpu|gpu|tpu (default: JAX's default backend; a platform JAX does not see is a one-line error). On
+gpu / tpu MFU divides by the chip's PUBLISHED dense bf16 peak (PUBLISHED_BF16_TFLOPS by device kind, or
+--peak_tflops), the figure MFU is quoted against elsewhere; on cpu by the matmul peak measured around each preset
+(below), since CPUs publish none that XLA reaches. Every preset row also has `tokens_per_sec_per_chip` (events
+are the tokens), `planned_peak_bytes_per_device` (the `gpt-ads-train --dry_run` plan of the same config,
+gpt_ads.training.memory_plan) and, where the device reports it (GPU, TPU), `measured_peak_bytes_per_device`
+(the allocator's peak_bytes_in_use after the preset's steps: a running maximum, so presets go in increasing size)
+and `memory_vs_plan` = measured / planned. `--dry_run`: the plans alone, no step run. `--attention=xla,cudnn`
+times each preset once per config.model.attention value (cudnn: NVIDIA GPUs, bf16).
 
 One run measures, on the devices JAX sees (run it alone: a second process on the cores halves every number):
   peak          a jitted 4096 x 4096 matmul in float32, and with bfloat16 inputs accumulating in float32
@@ -21,9 +34,10 @@ One run measures, on the devices JAX sees (run it alone: a second process on the
                 ids, gpt_ads.training.sparse_update; the 10K table stays dense under it).
   eval_memory   XLA's temp-buffer bytes of the exact full-vocabulary evaluation step at 10K and 1M ids
                 (vocabulary processed in chunks of config.eval.vocab_chunk: should be bounded).
+--parts chooses among presets, compile, vocab and eval_memory (default all four).
 --out gets JSON with `best_mfu`, `vocab_step_ratio` (1M / 10K step time with the recommended row-sparse setting;
-the dense AdamW ratio is `vocab.dense_ratio`), `compile_ratio` (32 / 2 layers), `presets` (one row per preset) and
-every raw figure.
+the dense AdamW ratio is `vocab.dense_ratio`), `compile_ratio` (32 / 2 layers; both null when their part is not
+run), `presets` (one row per preset), `platform`, `device_kind` and every raw figure.
 """
 
 import datetime
@@ -43,6 +57,21 @@ _PRESETS = flags.DEFINE_list("presets", ["nano", "micro", "tiny", "small", "medi
                              "Model presets to time (gpt_ads.config_lib.MODEL_SIZES).")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per measurement (after one warm-up step).")
 _F32 = flags.DEFINE_bool("f32", False, "Also time every preset in float32.")
+_PLATFORM = flags.DEFINE_enum("platform", None, ["cpu", "gpu", "tpu"],
+                              "Devices to measure (default: JAX's default backend).")
+_PEAK_TFLOPS = flags.DEFINE_float("peak_tflops", None, "Dense bf16 peak per chip, TFLOP/s, for MFU on gpu / tpu "
+                                  "(default: PUBLISHED_BF16_TFLOPS of the device kind).")
+_BATCH = flags.DEFINE_integer("batch_size", None, "Global batch (rows of max_len events) of the preset rows; "
+                              "default the config's 64 (accelerators want more, e.g. 256).")
+_ATTENTION = flags.DEFINE_list("attention", ["xla"], "config.model.attention values to time per preset.")
+_PARTS = flags.DEFINE_list("parts", ["presets", "compile", "vocab", "eval_memory"], "What to measure.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Only each preset's memory plan (gpt-ads-train --dry_run's); no step.")
+
+# Published dense (no sparsity) bf16 peaks per chip, TFLOP/s, by a substring of jax's device_kind; the first
+# match wins (more specific names first). MFU on accelerators is quoted against these.
+PUBLISHED_BF16_TFLOPS = (("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("GH200", 989.0),
+                         ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0), ("TPU v6", 918.0), ("TPU v5 lite", 197.0),
+                         ("TPU v5e", 197.0), ("TPU v5", 459.0), ("TPU v4", 275.0), ("TPU v3", 123.0))
 
 
 def _log(line: str) -> None:
@@ -141,33 +170,88 @@ def _config(preset: str | None = None, **model):
   return c
 
 
-def time_presets(presets, steps: int, dtypes) -> list[dict]:
-  """One row per (preset, dtype). The bf16 peak is measured again just before and just after each preset's steps
-  and MFU divides by the higher of the two (the conservative figure): on a shared or throttling machine the rate
-  moves by several x within minutes, and MFU must compare like with like. `peak_spread` (after / before) far
-  from 1 means something else ran on the cores during that row."""
-  rows = []
+def published_peak_tflops(device_kind: str) -> float | None:
+  """The chip's dense bf16 peak from PUBLISHED_BF16_TFLOPS, None for a kind it does not list."""
+  for name, tflops in PUBLISHED_BF16_TFLOPS:
+    if name.lower() in device_kind.lower():
+      return tflops
+  return None
+
+
+def device_peak_bytes() -> int | None:
+  """The allocator's peak bytes in use on the first local device (GPU / TPU); None where none is reported (CPU)."""
+  import jax
+  stats = jax.local_devices()[0].memory_stats()
+  return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
+
+
+def planned_bytes(config) -> dict:
+  """The `gpt-ads-train --dry_run` memory plan of `config` on these devices, per device."""
+  from gpt_ads.training import memory_plan
+  plan = memory_plan.plan(config)
+  return {"planned_params_bytes_per_device": plan["params_bytes_per_device"],
+          "planned_optimizer_bytes_per_device": plan["optimizer_bytes_per_device"],
+          "planned_temp_bytes_per_device": plan.get("compiled_temp_size_in_bytes"),
+          "planned_peak_bytes_per_device": plan.get("compiled_peak_bytes_per_device")}
+
+
+def time_presets(presets, steps: int, dtypes, *, attentions=("xla",), batch_size=None, platform="cpu",
+                 peak_tflops=None, dry_run=False) -> list[dict]:
+  """One row per (preset, dtype, attention). On cpu the bf16 peak is measured again just before and just after
+  each preset's steps and MFU divides by the higher of the two (the conservative figure): on a shared or
+  throttling machine the rate moves by several x within minutes, and MFU must compare like with like.
+  `peak_spread` (after / before) far from 1 means something else ran on the cores during that row. On gpu / tpu
+  MFU divides by `peak_tflops` (the published peak) x the number of chips."""
+  import jax
+  rows, chips = [], jax.device_count()
   for preset in presets:
     for dtype in dtypes:
-      s = Step(_config(preset, dtype=dtype))
-      s.seconds_per_step(1)  # compile and warm up before the first peak, so the peaks bracket the timed steps
-      pb = matmul_peak(repeats=3)
-      sec = s.seconds_per_step(steps)
-      pa = matmul_peak(repeats=3)
-      before, after = pb["bf16_gflops"], pa["bf16_gflops"]
-      peak, peak_f32 = max(before, after), max(pb["f32_gflops"], pa["f32_gflops"])
-      ev = s.events / sec
-      rows.append({"preset": preset, "dtype": dtype, "d_model": s.config.model.d_model,
-                   "num_layers": s.config.model.num_layers,
-                   "non_embedding_params": s.counts["non_embedding_params"], "params": s.counts["params"],
-                   "flops_per_event": s.flops_per_event, "step_seconds": sec, "events_per_sec": ev,
-                   "model_gflops": s.flops_per_event * ev / 1e9, "peak_bf16_gflops": peak,
-                   "peak_bf16_gflops_before": before, "peak_bf16_gflops_after": after, "peak_spread": after / before,
-                   "peak_f32_gflops": peak_f32, "mfu_vs_f32_peak": s.flops_per_event * ev / (peak_f32 * 1e9),
-                   "mfu": s.flops_per_event * ev / (peak * 1e9)})
-      _log(f"{preset:7s} {dtype:9s} {ev:10,.0f} events/s  {rows[-1]['model_gflops']:7.1f} GFLOP/s  "
-           f"MFU {rows[-1]['mfu']:.1%} (bf16 peak around it {before:.0f} / {after:.0f} GFLOP/s; "
-           f"{rows[-1]['mfu_vs_f32_peak']:.1%} of the f32 peak {peak_f32:.0f})")
+      for attention in attentions:
+        if attention == "cudnn" and dtype != "bfloat16":
+          continue  # cuDNN's fused attention is half precision only (config.model.attention)
+        config = _config(preset, dtype=dtype, attention=attention)
+        if batch_size:
+          config.train.batch_size = batch_size
+        row = {"preset": preset, "dtype": dtype, "attention": attention, "platform": platform,
+               "d_model": config.model.d_model, "num_layers": config.model.num_layers,
+               "batch_size": config.train.batch_size, "max_len": config.model.max_len, "chips": chips}
+        if platform != "cpu" or dry_run:
+          row.update(planned_bytes(config))
+        if dry_run:
+          rows.append(row)
+          _log(f"{preset:7s} {dtype:9s} {attention:5s} planned peak "
+               f"{(row['planned_peak_bytes_per_device'] or 0) / 2**30:.2f} GiB per device")
+          continue
+        s = Step(config)
+        s.seconds_per_step(1)  # compile and warm up before the first peak, so the peaks bracket the timed steps
+        if platform == "cpu":
+          pb = matmul_peak(repeats=3)
+        sec = s.seconds_per_step(steps)
+        ev = s.events / sec
+        flops = s.flops_per_event * ev
+        row.update({"non_embedding_params": s.counts["non_embedding_params"], "params": s.counts["params"],
+                    "flops_per_event": s.flops_per_event, "step_seconds": sec, "events_per_sec": ev,
+                    "tokens_per_sec_per_chip": ev / chips, "model_gflops": flops / 1e9})
+        if platform == "cpu":
+          pa = matmul_peak(repeats=3)
+          before, after = pb["bf16_gflops"], pa["bf16_gflops"]
+          peak, peak_f32 = max(before, after), max(pb["f32_gflops"], pa["f32_gflops"])
+          row.update({"peak_bf16_gflops": peak, "peak_bf16_gflops_before": before, "peak_bf16_gflops_after": after,
+                      "peak_spread": after / before, "peak_f32_gflops": peak_f32,
+                      "mfu_vs_f32_peak": flops / (peak_f32 * 1e9), "mfu": flops / (peak * 1e9)})
+          note = (f"bf16 peak around it {before:.0f} / {after:.0f} GFLOP/s; {row['mfu_vs_f32_peak']:.1%} of the "
+                  f"f32 peak {peak_f32:.0f}")
+        else:
+          row.update({"peak_bf16_gflops": peak_tflops * 1e3 * chips, "mfu": flops / (peak_tflops * 1e12 * chips)})
+          measured = device_peak_bytes()
+          row["measured_peak_bytes_per_device"] = measured
+          planned = row.get("planned_peak_bytes_per_device")
+          row["memory_vs_plan"] = measured / planned if measured and planned else None
+          note = (f"published peak {peak_tflops:.0f} TFLOP/s per chip; memory {(measured or 0) / 2**30:.2f} GiB "
+                  f"measured vs {(planned or 0) / 2**30:.2f} planned")
+        rows.append(row)
+        _log(f"{preset:7s} {dtype:9s} {attention:5s} {ev:10,.0f} events/s  {row['model_gflops']:9.1f} GFLOP/s  "
+             f"MFU {row['mfu']:.1%} ({note})")
   return rows
 
 
@@ -223,37 +307,78 @@ def eval_memory() -> dict:
   return out
 
 
+def _fail(message: str) -> None:
+  """Bad flags for this machine: one line on stderr, exit status 2 (the project's bad-input policy)."""
+  print(f"benchmarks/throughput.py: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _platform() -> tuple[str, float | None]:
+  """-> (platform, published bf16 peak per chip in TFLOP/s or None on cpu); exits 2 with one line when the
+  asked platform is not JAX's or an accelerator's peak is unknown."""
+  import jax
+  backend = jax.default_backend()
+  platform = _PLATFORM.value or backend
+  if platform != backend:
+    _fail(f"--platform={platform}: JAX's default backend here is {backend} ({jax.devices()[0].device_kind}); "
+             f"install jax for {platform} (e.g. jax[cuda12]) or pass --platform={backend}")
+  if platform == "cpu":
+    return platform, None
+  kind = jax.devices()[0].device_kind
+  peak = _PEAK_TFLOPS.value or published_peak_tflops(kind)
+  if not peak:
+    _fail(f"--platform={platform}: no published bf16 peak for device kind {kind!r} in PUBLISHED_BF16_TFLOPS; "
+             "pass --peak_tflops=<dense bf16 TFLOP/s per chip>")
+  return platform, peak
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  unknown = sorted(set(_PARTS.value) - {"presets", "compile", "vocab", "eval_memory"})
+  if unknown:
+    raise app.UsageError(f"--parts: unknown {unknown}; choose among presets, compile, vocab, eval_memory")
   logging.set_verbosity(logging.WARNING)
   import jax
   t0 = time.time()
-  _log(f"devices: {jax.devices()}")
+  platform, peak_tflops = _platform()
+  kind = jax.devices()[0].device_kind
+  _log(f"devices: {jax.devices()} ({kind}); platform {platform}" +
+       (f", published bf16 peak {peak_tflops:.0f} TFLOP/s per chip" if peak_tflops else ""))
   peak = matmul_peak()
   _log(f"matmul 4096^2: float32 {peak['f32_gflops']:.0f} GFLOP/s, bf16 in / f32 acc {peak['bf16_gflops']:.0f} GFLOP/s")
   dtypes = ("bfloat16", "float32") if _F32.value else ("bfloat16",)
-  rows = time_presets(_PRESETS.value, _STEPS.value, dtypes)
-  comp = compile_scaling()
-  vocab = vocab_scaling(_STEPS.value)
-  mem = eval_memory()
-  bf16_rows = [r for r in rows if r["dtype"] == "bfloat16"]
-  best = max(bf16_rows, key=lambda r: r["mfu"])
-  result = {"best_mfu": best["mfu"], "best_mfu_preset": best["preset"], "vocab_step_ratio": vocab["ratio"],
-            "compile_ratio": comp["ratio"], "peak": peak, "presets": rows, "compile": comp, "vocab": vocab,
+  parts = set(_PARTS.value) - ({"compile", "vocab", "eval_memory"} if _DRY_RUN.value else set())
+  rows = (time_presets(_PRESETS.value, _STEPS.value, dtypes, attentions=_ATTENTION.value, batch_size=_BATCH.value,
+                       platform=platform, peak_tflops=peak_tflops, dry_run=_DRY_RUN.value)
+          if "presets" in parts else [])
+  comp = compile_scaling() if "compile" in parts else None
+  vocab = vocab_scaling(_STEPS.value) if "vocab" in parts else None
+  mem = eval_memory() if "eval_memory" in parts else None
+  timed = [r for r in rows if r["dtype"] == "bfloat16" and "mfu" in r]
+  best = max(timed, key=lambda r: r["mfu"]) if timed else None
+  result = {"best_mfu": best and best["mfu"], "best_mfu_preset": best and best["preset"],
+            "vocab_step_ratio": vocab and vocab["ratio"], "compile_ratio": comp and comp["ratio"],
+            "platform": platform, "device_kind": kind, "published_peak_bf16_tflops_per_chip": peak_tflops,
+            "dry_run": _DRY_RUN.value, "peak": peak, "presets": rows, "compile": comp, "vocab": vocab,
             "eval_memory": mem, "devices": [str(d) for d in jax.devices()], "date": f"{datetime.date.today()}",
             "command": " ".join(sys.argv), "wall_seconds": time.time() - t0}
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
   with open(_OUT.value + ".tmp", "w") as fh:
     json.dump(result, fh, indent=2)
   os.replace(_OUT.value + ".tmp", _OUT.value)
-  print(f"\n{'preset':8s} {'dtype':9s} {'N non-emb':>11s} {'events/s':>10s} {'GFLOP/s':>8s} {'peak':>6s} {'MFU':>6s}")
+  gib = lambda n: f"{n / 2**30:7.2f}" if n else "      -"  # noqa: E731
+  print(f"\n{'preset':8s} {'dtype':9s} {'attn':5s} {'N non-emb':>11s} {'tokens/s/chip':>13s} {'GFLOP/s':>9s} "
+        f"{'MFU':>6s} {'plan GiB':>8s} {'used GiB':>8s}")
   for r in rows:
-    print(f"{r['preset']:8s} {r['dtype']:9s} {r['non_embedding_params']:11,d} {r['events_per_sec']:10,.0f} "
-          f"{r['model_gflops']:8.1f} {r['peak_bf16_gflops']:6.0f} {r['mfu']:6.1%}")
-  print(f"best MFU {best['mfu']:.1%} ({best['preset']}); vocab 1M/10K step ratio {vocab['ratio']:.2f} "
-        f"(dense AdamW {vocab['dense_ratio']:.2f}); "
-        f"compile 32/2 layers ratio {comp['ratio']:.2f}; eval temp memory 1M/10K ratio {mem['temp_ratio']:.2f}")
+    print(f"{r['preset']:8s} {r['dtype']:9s} {r['attention']:5s} {r.get('non_embedding_params', 0):11,d} "
+          f"{r.get('tokens_per_sec_per_chip', 0):13,.0f} {r.get('model_gflops', 0):9.1f} {r.get('mfu', 0):6.1%} "
+          f"{gib(r.get('planned_peak_bytes_per_device'))} {gib(r.get('measured_peak_bytes_per_device'))}")
+  if best:
+    print(f"best MFU {best['mfu']:.1%} ({best['preset']}, {best['attention']})")
+  if vocab and comp and mem:
+    print(f"vocab 1M/10K step ratio {vocab['ratio']:.2f} (dense AdamW {vocab['dense_ratio']:.2f}); "
+          f"compile 32/2 layers ratio {comp['ratio']:.2f}; eval temp memory 1M/10K ratio {mem['temp_ratio']:.2f}")
   print(f"-> {_OUT.value}")
 
 

@@ -39,7 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       **size, max_len=200, dropout=0.2, dtype="float32", combine="sum", remat="none", scan_layers=False,
       vocab_pad_multiple=128, backbone="transformer",
       # "chain" (features=multi): the item first, so ranking items needs no sum over the genre or the context.
-      event_factorization="independent", event_order="item"))
+      event_factorization="independent", event_order="item", attention="xla"))
 
   c.data = ml_collections.ConfigDict()
   c.data.dir = ""  # required: the prepared ml-1m data set

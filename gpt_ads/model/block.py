@@ -49,8 +49,8 @@ class DecoderBlock(nn.Module):
     cfg, deterministic = self.cfg, self.deterministic
     dtype = jnp.dtype(cfg.dtype)
     h = RMSNorm(dtype=dtype, name="attn_norm")(x)
-    x = x + CausalAttention(cfg.num_heads, cfg.d_model // cfg.num_heads, cfg.dropout, dtype, name="attn")(
-        h, mask, deterministic=deterministic)
+    x = x + CausalAttention(cfg.num_heads, cfg.d_model // cfg.num_heads, cfg.dropout, dtype, cfg.attention,
+                            name="attn")(h, mask, deterministic=deterministic)
     h = RMSNorm(dtype=dtype, name="mlp_norm")(x)
     x = x + Mlp(cfg.mlp_dim, cfg.dropout, dtype, name="mlp")(h, deterministic=deterministic)
     x = nn.with_logical_constraint(x, (axes.BATCH, axes.LENGTH, axes.EMBED))

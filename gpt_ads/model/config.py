@@ -14,6 +14,9 @@ REMAT_POLICIES = {
 # Sequence backbones selectable in `config.model.backbone` (see gpt_ads.model.model).
 BACKBONES = ("transformer", "lstm")
 
+# Attention implementations selectable in `config.model.attention` (gpt_ads.model.attention.attend).
+ATTENTION = ("xla", "cudnn")
+
 # How an event's features are predicted, in `config.model.event_factorization` (see gpt_ads.model.chain).
 FACTORIZATIONS = ("independent", "chain")
 
@@ -36,6 +39,8 @@ class ModelConfig:
       "chain" (the chain rule over `event_order`: the exact joint; gpt_ads.model.chain).
     event_order: the chain's order, comma-separated feature names; the unnamed follow, sampled features first
       (gpt_ads.model.chain.event_order).
+    attention: "xla" (any device) or "cudnn" (NVIDIA GPUs: cuDNN's fused flash attention, causal by the kernel,
+      packed segments by a mask; needs dtype bfloat16 and a head width that is a multiple of 8, at most 128).
   """
   d_model: int = 128
   num_layers: int = 4
@@ -51,6 +56,7 @@ class ModelConfig:
   backbone: str = "transformer"
   event_factorization: str = "independent"
   event_order: str = ""
+  attention: str = "xla"
 
   def __post_init__(self):
     if self.d_model % self.num_heads:
@@ -63,6 +69,12 @@ class ModelConfig:
       raise ValueError(f"config.model.dtype={self.dtype!r} must be 'float32' or 'bfloat16'")
     if self.backbone not in BACKBONES:
       raise ValueError(f"config.model.backbone={self.backbone!r} must be one of {list(BACKBONES)}")
+    if self.attention not in ATTENTION:
+      raise ValueError(f"config.model.attention={self.attention!r} must be one of {list(ATTENTION)}")
+    head_dim = self.d_model // self.num_heads
+    if self.attention == "cudnn" and (self.dtype != "bfloat16" or head_dim % 8 or head_dim > 128):
+      raise ValueError(f"config.model.attention='cudnn' needs dtype='bfloat16' and a head width (d_model / "
+                       f"num_heads = {head_dim}) that is a multiple of 8 and at most 128; use attention='xla'")
     if self.event_factorization not in FACTORIZATIONS:
       raise ValueError(f"config.model.event_factorization={self.event_factorization!r} must be one of "
                        f"{list(FACTORIZATIONS)}")

@@ -40,6 +40,6 @@ class Decoder(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, segment_ids: jax.Array) -> jax.Array:
     cfg = self.cfg
-    mask = attention_mask(segment_ids)  # [b, 1, t, s]
+    mask = attention_mask(segment_ids, causal=cfg.attention == "xla")  # [b, 1, t, s]
     x = stack_layers(DecoderBlock, cfg, self.deterministic, x, mask)
     return RMSNorm(dtype=jnp.dtype(cfg.dtype), name="final_norm")(x)

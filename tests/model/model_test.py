@@ -8,7 +8,7 @@ import pytest
 
 from conftest import tiny_config
 from gpt_ads import features
-from gpt_ads.model import Model, ModelConfig, chain
+from gpt_ads.model import Model, ModelConfig, attention, chain
 from gpt_ads.model.embed import padded_vocab
 from gpt_ads.model.model import dummy_batch
 from numerics import assert_close
@@ -128,6 +128,31 @@ def test_bad_model_config_is_rejected():
     ModelConfig(d_model=30, num_heads=4)
   with pytest.raises(ValueError, match="remat"):
     ModelConfig(remat="sometimes")
+  with pytest.raises(ValueError, match="attention"):
+    ModelConfig(attention="flash")
+  with pytest.raises(ValueError, match="needs dtype='bfloat16'"):
+    ModelConfig(attention="cudnn")  # float32
+  with pytest.raises(ValueError, match="multiple of 8"):
+    ModelConfig(attention="cudnn", dtype="bfloat16", d_model=36, num_heads=3)
+
+
+def test_causal_by_the_kernel_with_a_segment_mask_is_the_full_mask():
+  """What attention='cudnn' computes: causality from the kernel (is_causal) and packing from the same-segment
+  mask alone. Run through the XLA implementation (no GPU here), it equals the full mask at every real position,
+  on rows of several users with padding at the end."""
+  rng = np.random.default_rng(0)
+  b, t, h, k = 3, 12, 2, 8
+  q, key, v = (jnp.asarray(rng.normal(size=(b, t, h, k)), jnp.float32) for _ in range(3))
+  segments = jnp.asarray([[1] * 5 + [2] * 4 + [0] * 3, [1] * 12, [1, 1, 2, 3, 3, 3, 3, 4, 0, 0, 0, 0]], jnp.int32)
+  full = attention.attend(q, key, v, attention.attention_mask(segments), "xla")
+  by_kernel = jax.nn.dot_product_attention(q, key, v, mask=attention.attention_mask(segments, causal=False),
+                                           is_causal=True, implementation="xla")
+  real = np.asarray(segments) > 0
+  assert_close(np.asarray(by_kernel)[real], np.asarray(full)[real])
+  assert bool(jnp.isfinite(by_kernel).all())  # padding rows keep a key (their diagonal): no NaN
+  # and the segment mask matters: without it the packed users would see each other
+  leaky = jax.nn.dot_product_attention(q, key, v, is_causal=True, implementation="xla")
+  assert not np.allclose(np.asarray(leaky)[real], np.asarray(full)[real], atol=1e-3)
 
 
 def test_copy_term_outputs():
