@@ -8,7 +8,7 @@
 # and the allocator's measured peak memory against the `gpt-ads-train --dry_run` plan of the same config; on GPUs
 # once with XLA's attention and once with cuDNN's (config.model.attention=cudnn). Writes
 # OUTDIR/throughput_<platform>.json and .log. Needs python3 with jax for the device, flax, optax, orbax-checkpoint,
-# ml-collections, absl-py and this package importable (PYTHONPATH=.); XLA_FLAGS from the caller pass through
+# ml-collections, absl-py, grain, array-record and this package importable (PYTHONPATH=.); XLA_FLAGS from the caller pass through
 # (BUILD_NOTES "Accelerators" lists the GPU flags worth trying).
 set -euo pipefail
 ROOT=$(dirname "$(dirname "$(realpath "$0")")")
