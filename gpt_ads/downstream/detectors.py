@@ -41,9 +41,7 @@ Labelled (`fit_labeled(unsup, y, positive_unlabeled=...)`, fitted on the referen
 regression (L2 by cross-validation) on `unsup.design` = [calibrated evidence, reduced vectors, log tails of the
 unsupervised scores] and, with every label known, the whole mean-pooled vector and the users' value histograms
 (evidence "counts/*", "transitions/*": a likelihood ratio between populations is linear in them): the supervised
-reference. With a
-few known
-positives (positive-unlabeled learning: confirmed bots from honeypots, rules or manual review; everyone else
+reference. With a few known positives (positive-unlabeled learning: confirmed bots from honeypots, rules or manual review; everyone else
 unlabeled) the same model separates the labeled positives from the unlabeled users (class-balanced; under the
 "selected completely at random" assumption its score is monotone in P(bot | x)), and its tail among the
 training users is pooled with the unsupervised headline's tail by Fisher's combination, -log t_pu - log t_nb:
@@ -204,8 +202,8 @@ def fit_labeled(unsup: Unsupervised, y: np.ndarray, *, positive_unlabeled: bool)
   """The labelled detector fitted on `unsup`'s reference users with labels y (module docstring) -> a score
   function of evidence dicts. Every label known: the logistic regression on `unsup.design` with the whole mean
   vector and the histograms. Positive-unlabeled: the same without them (a few positives cannot fit hundreds more
-  coefficients), pooled by
-  Fisher's combination of its tail among the training users with the unsupervised headline's tail."""
+  coefficients), pooled by Fisher's combination of its tail among the training users with the unsupervised
+  headline's tail."""
   x, _ = unsup.design(None, high_dim=not positive_unlabeled)
   score = fit_scorer(x, y, balanced=positive_unlabeled)
   if not positive_unlabeled:
