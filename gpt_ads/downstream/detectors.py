@@ -41,10 +41,10 @@ Labelled (`fit_labeled(unsup, y, positive_unlabeled=...)`, fitted on the referen
 regression (L2 by cross-validation) on `unsup.design` = [calibrated evidence, reduced vectors, log tails of the
 unsupervised scores] and, with every label known, the whole mean-pooled vector and the users' value histograms
 (evidence "counts/*", "transitions/*": a likelihood ratio between populations is linear in them): the supervised
-reference. With a few known positives (positive-unlabeled learning: confirmed bots from honeypots, rules or manual review; everyone else
-unlabeled) the same model separates the labeled positives from the unlabeled users (class-balanced; under the
-"selected completely at random" assumption its score is monotone in P(bot | x)), and its tail among the
-training users is pooled with the unsupervised headline's tail by Fisher's combination, -log t_pu - log t_nb:
+reference. With a few known positives (positive-unlabeled learning: confirmed bots from honeypots, rules or
+manual review; everyone else unlabeled) the same model separates the labeled positives from the unlabeled users
+(class-balanced; under the "selected completely at random" assumption its score is monotone in P(bot | x)), and
+its tail among the training users is pooled with the unsupervised headline's tail by Fisher's combination, -log t_pu - log t_nb:
 a few labels describe the kinds they come from, the unsupervised score finds kinds no label came from.
 """
 
