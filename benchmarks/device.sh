@@ -19,7 +19,6 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false  # so the allocator's peak is the pro
 PLATFORM=$(python3 -c 'import jax; print(jax.default_backend())')
 ATTENTION=xla
 [ "$PLATFORM" = gpu ] && ATTENTION=xla,cudnn
-set -o pipefail
 timeout 470 python3 "$ROOT/benchmarks/throughput.py" --platform="$PLATFORM" --presets=small,large,xl,xxl \
   --batch_size=256 --steps=10 --attention="$ATTENTION" --parts=presets --out="$OUT/throughput_$PLATFORM.json" \
   2>&1 | tee "$OUT/throughput_$PLATFORM.log"
