@@ -1,7 +1,8 @@
 """The prepared data set directory: `schema.json` + one TFDS ArrayRecord data set holding every split.
 
     DIR/schema.json                      what the data is (read by training, evaluation and downstream tools)
-    DIR/tfds/gpt_ads_events/1.0.0/...    the records, written by `EventsBuilder` (readable with tfds.data_source)
+    DIR/tfds/gpt_ads_events/1.0.0/...    the records: TFDS ArrayRecord files + metadata, written by `Writer`
+                                         (readable with tfds.data_source; record bytes: gpt_ads.data.records)
 
 One record per user: {"user_id": str, <feature>: int32 [n] ids (NUM_RESERVED.. real values, OOV_ID unknown,
 never PAD), "labels": {<label>: float32} (only when the data set has labels)}, events in time order.
@@ -14,7 +15,7 @@ schema.json (format "gpt_ads.prepared/2"):
   stats     what the writer of the data set dropped or changed, with counts (free-form, documented by it);
   source    where the data came from (free-form).
 
-`write` is atomic: everything goes to a temporary sibling directory that is renamed onto DIR at the end, so a
+`Writer` / `write` are atomic: everything goes to a temporary sibling directory that is renamed onto DIR at the end, so a
 failed or interrupted run never leaves a half-written data set behind.
 """
 
@@ -29,16 +30,20 @@ import os
 import shutil
 import tempfile
 import threading
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 import numpy as np
 
 from gpt_ads import features as features_lib
+from gpt_ads.data import records
 
 FORMAT = "gpt_ads.prepared/2"  # 2: ids stored as raw int32 bytes
 SCHEMA_FILE = "schema.json"
 SPLITS = ("train", "validation", "test")
 TFDS_NAME, TFDS_VERSION = "gpt_ads_events", "1.0.0"
+# One record per chunk (random access, as TFDS writes them); snappy writes ~2x faster than the default zstd for
+# ~1.3x the bytes.
+WRITER_OPTIONS = "group_size:1,snappy"
 
 
 def _tfds():
@@ -46,47 +51,15 @@ def _tfds():
   return tfds
 
 
-def _builder_class():
-  """The TFDS builder (created lazily, once: TFDS registers builder classes by name)."""
-  global _BUILDER
-  if _BUILDER is None:
-    tfds = _tfds()
-
-    class EventsBuilder(tfds.core.GeneratorBasedBuilder):
-      """User event sequences; features and labels come from the constructor (the schema)."""
-      name = TFDS_NAME
-      VERSION = tfds.core.Version(TFDS_VERSION)
-      RELEASE_NOTES = {TFDS_VERSION: "gpt_ads prepared events"}
-      # Records stay in generation order (the input pipeline shuffles); TFDS's on-disk shuffle would cost
-      # about as much as writing.
-      disable_shuffling = True
-
-      def __init__(self, *, feature_names=(), label_names=(), split_records=None, **kwargs):
-        self._feature_names, self._label_names = tuple(feature_names), tuple(label_names)
-        self._split_records = split_records or {}
-        super().__init__(**kwargs)
-
-      def _info(self):
-        feats = {"user_id": tfds.features.Text()}
-        feats.update({n: tfds.features.Tensor(shape=(None,), dtype=np.int32, encoding=tfds.features.Encoding.BYTES)
-                      for n in self._feature_names})  # raw int32 bytes: ~20% faster to write, cheap to decode
-        if self._label_names:
-          feats["labels"] = tfds.features.FeaturesDict(
-              {n: tfds.features.Scalar(dtype=np.float32) for n in self._label_names})
-        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(feats))
-
-      def _split_generators(self, dl_manager):
-        return {split: self._generate_examples(split) for split in self._split_records}
-
-      def _generate_examples(self, split):
-        for i, record in enumerate(self._split_records[split]()):
-          yield f"{i:012d}", record
-
-    _BUILDER = EventsBuilder
-  return _BUILDER
-
-
-_BUILDER = None
+def tfds_features(feature_names, label_names=()):
+  """The TFDS FeaturesDict of the records (what `records` encodes and `tfds.data_source` decodes)."""
+  tfds = _tfds()
+  feats = {"user_id": tfds.features.Text()}
+  feats.update({n: tfds.features.Tensor(shape=(None,), dtype=np.int32, encoding=tfds.features.Encoding.BYTES)
+                for n in feature_names})  # raw int32 bytes: fast to write, cheap to decode
+  if label_names:
+    feats["labels"] = tfds.features.FeaturesDict({n: tfds.features.Scalar(dtype=np.float32) for n in label_names})
+  return tfds.features.FeaturesDict(feats)
 
 
 class _SplitCounter:
@@ -101,41 +74,39 @@ class _SplitCounter:
     self.split, self.features, self.label_names = split, features, label_names
     self.users, self.events, self.max_events = 0, 0, 0
     self.counts = {f["name"]: np.zeros(f["vocab_size"], np.int64) for f in features}
+    self._names = [f["name"] for f in features]
     self._pending: list[dict] = []
-
-  def wrap(self, records: Iterable[dict]) -> Iterator[dict]:
-    for record in records:
-      yield self.check(record)
-    self._flush()
 
   def _where(self, user_id) -> str:
     return f"split {self.split!r}, user {user_id!r}"
 
   def check(self, record: dict) -> dict:
+    """The record as it is written: {"user_id": str, <feature>: int32 [n], "labels": {name: float32}}."""
     out = {"user_id": str(record["user_id"])}
     n = None
-    for f in self.features:
-      name = f["name"]
-      if name not in record:
+    for name in self._names:
+      ids = record.get(name)
+      if ids is None:
         raise ValueError(f"{self._where(out['user_id'])}: record has no feature {name!r}")
-      ids = np.asarray(record[name])
-      if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+      if type(ids) is not np.ndarray:
+        ids = np.asarray(ids)
+      if ids.ndim != 1 or ids.dtype.kind not in "iu":
         raise ValueError(f"{self._where(out['user_id'])}, feature {name!r}: ids must be a 1-D integer array, got "
                          f"{ids.dtype}{ids.shape}")
       n = len(ids) if n is None else n
       if len(ids) != n or n == 0:
         raise ValueError(f"{self._where(out['user_id'])}: every feature needs the same, non-zero number of events")
-      out[name] = ids if ids.dtype == np.int32 else ids.astype(np.int32)
+      out[name] = np.ascontiguousarray(ids, dtype="<i4")
     if self.label_names:
       labels = record.get("labels", {})
-      out["labels"] = {k: np.float32(labels.get(k, np.nan)) for k in self.label_names}
+      out["labels"] = {k: float(np.float32(labels.get(k, np.nan))) for k in self.label_names}
     self.users, self.events, self.max_events = self.users + 1, self.events + n, max(self.max_events, n)
     self._pending.append(out)
     if len(self._pending) >= self.FLUSH_USERS:
-      self._flush()
+      self.flush()
     return out
 
-  def _flush(self) -> None:
+  def flush(self) -> None:
     pending, self._pending = self._pending, []
     if not pending:
       return
@@ -150,89 +121,171 @@ class _SplitCounter:
         self.counts[name] += np.bincount(ids, minlength=v)
 
 
-def write(out_dir: str, *, features: list[dict], splits: dict[str, Callable[[], Iterable[dict]]],
-          labels: dict | None = None, stats: dict | None = None, source: dict | None = None,
-          overwrite: bool = False, num_shards: int = 0) -> dict:
-  """Writes a prepared data set to `out_dir` atomically; returns its schema.json contents.
+class Writer:
+  """Streams user records into a new prepared data set: `add(split, record)` in any split order, then `finish`.
+
+  Everything goes to a temporary sibling of `out_dir`, renamed onto it by `finish`; `abort` (or an exception
+  inside `with Writer(...)`) removes it, so a failed run leaves nothing behind. Records keep the order they were
+  added in, per split. Each split is streamed into one ArrayRecord file (WRITER_OPTIONS), then cut into
+  `num_shards` files (0 = TFDS's rule from the data size: files of 64 MiB to 1 GiB) with TFDS's shard
+  boundaries; the TFDS metadata (dataset_info.json, features.json) is written by
+  `tfds.folder_dataset.write_metadata`, so `tfds.data_source` and `builder_from_directory` read the data set.
 
   Args:
     features: [{name, vocab_size, loss, vocabulary, ...}] in schema order (extra keys are kept); `counts` is
       computed here from the train split.
-    splits: {split: () -> iterable of records} for split in SPLITS (callables: TFDS may iterate more than once).
     labels: {name: {kind, ...}} of the per-user labels every record carries (missing values: NaN).
+    splits: the splits the data set has ("train" among them).
     overwrite: replace an existing data set at `out_dir` (otherwise that is an error).
-    num_shards: ArrayRecord files per split (hosts reading disjoint files: `SplitSource.input_shard_keys`);
-      0 = TFDS's rule from the data size (files of 64 MiB to 1 GiB; one file for a split under 64 MiB).
+    num_shards: ArrayRecord files per split (hosts reading disjoint files: `SplitSource.input_shard_keys`).
   """
-  out_dir = os.path.abspath(out_dir)
-  unknown = sorted(set(splits) - set(SPLITS))
-  if unknown or "train" not in splits:
-    raise ValueError(f"splits must include 'train' and be among {SPLITS}; got {sorted(splits)}")
-  if os.path.exists(out_dir) and not overwrite:
-    raise ValueError(f"{out_dir} already exists; choose another --output or remove it first")
-  if num_shards < 0:
-    raise ValueError(f"--num_shards={num_shards}: give 0 (from the data size) or a positive number of files")
-  for f in features:
-    features_lib.FeatureSpec(name=f["name"], vocab_size=int(f["vocab_size"]), loss=f["loss"])  # validates
-  labels = dict(labels or {})
-  label_names = tuple(labels)
-  counters = {s: _SplitCounter(s, features, label_names) for s in splits}
 
-  parent = os.path.dirname(out_dir)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
-  umask = os.umask(0)
-  os.umask(umask)
-  os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the data set is as readable as any new directory
-  try:
-    builder = _builder_class()(
-        feature_names=[f["name"] for f in features], label_names=label_names,
-        split_records={s: (lambda s=s: counters[s].wrap(splits[s]())) for s in splits},
-        data_dir=os.path.join(tmp, "tfds"), file_format="array_record")
-    with _quiet_tfds():
-      try:
-        builder.download_and_prepare(download_config=_tfds().download.DownloadConfig(
-            try_download_gcs=False, num_shards=num_shards or None))
-      except AssertionError as e:  # TFDS: a split with fewer records than files
-        if "number_of_shards" not in str(e):
-          raise
-        raise ValueError(f"--num_shards={num_shards}: {e}; every split needs at least as many users as files, "
-                         "so give a smaller --num_shards (or 0: from the data size)") from None
-    shutil.rmtree(os.path.join(tmp, "tfds", "downloads"), ignore_errors=True)
-    meta = {
-        "format": FORMAT,
-        "tfds_dir": os.path.relpath(builder.data_dir, tmp),
-        "features": [{**f, "counts": counters["train"].counts[f["name"]].tolist()} for f in features],
-        "labels": labels,
-        "splits": {s: {"users": c.users, "events": c.events, "max_events": c.max_events}
-                   for s, c in counters.items()},
-        "stats": stats or {},
-        "source": source or {},
-    }
-    for s, c in counters.items():
-      if c.users == 0:
-        raise ValueError(f"split {s!r} has no users; give it more input (or a larger fraction of the users)")
-    with open(os.path.join(tmp, SCHEMA_FILE), "w") as fh:
-      json.dump(meta, fh, indent=1)
-    if os.path.exists(out_dir):
-      shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  return meta
+  def __init__(self, out_dir: str, *, features: list[dict], labels: dict | None = None,
+               splits: Iterable[str] = SPLITS, overwrite: bool = False, num_shards: int = 0):
+    from array_record.python import array_record_module
+    self.out_dir = os.path.abspath(out_dir)
+    splits = tuple(splits)
+    unknown = sorted(set(splits) - set(SPLITS))
+    if unknown or "train" not in splits:
+      raise ValueError(f"splits must include 'train' and be among {SPLITS}; got {sorted(splits)}")
+    if os.path.exists(self.out_dir) and not overwrite:
+      raise ValueError(f"{self.out_dir} already exists; choose another --output or remove it first")
+    if num_shards < 0:
+      raise ValueError(f"--num_shards={num_shards}: give 0 (from the data size) or a positive number of files")
+    for f in features:
+      features_lib.FeatureSpec(name=f["name"], vocab_size=int(f["vocab_size"]), loss=f["loss"])  # validates
+    self.features, self.labels, self.num_shards = features, dict(labels or {}), num_shards
+    label_names = tuple(self.labels)
+    self._counters = {s: _SplitCounter(s, features, label_names) for s in splits}
+    self._encoder = records.Encoder([f["name"] for f in features], label_names)
+    parent = os.path.dirname(self.out_dir)
+    os.makedirs(parent, exist_ok=True)
+    self._tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.out_dir)}.tmp-", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(self._tmp, 0o777 & ~umask)  # mkdtemp makes it private; the data set is as readable as any new one
+    self._data_dir = os.path.join(self._tmp, "tfds", TFDS_NAME, TFDS_VERSION)
+    os.makedirs(self._data_dir)
+    self._files = {s: self._path(s, "stream") for s in splits}
+    self._writers = {s: array_record_module.ArrayRecordWriter(p, WRITER_OPTIONS) for s, p in self._files.items()}
+    self._bytes = dict.fromkeys(splits, 0)
+
+  def _path(self, split: str, shard: int | str, num_shards: int = 0) -> str:
+    suffix = f"{shard:05d}-of-{num_shards:05d}" if num_shards else shard
+    return os.path.join(self._data_dir, f"{TFDS_NAME}-{split}.array_record-{suffix}")
+
+  def __enter__(self) -> "Writer":
+    return self
+
+  def __exit__(self, exc_type, *_):
+    if exc_type is not None:
+      self.abort()
+
+  def add(self, split: str, record: dict) -> None:
+    """Checks and appends one user record {"user_id", <feature>: int [n], "labels": {...}} to `split`."""
+    counter = self._counters.get(split)
+    if counter is None:
+      raise ValueError(f"split {split!r} is not among this writer's splits {tuple(self._counters)}")
+    r = counter.check(record)
+    data = self._encoder.encode(r["user_id"], r, r.get("labels"))
+    self._writers[split].write(data)
+    self._bytes[split] += len(data)
+
+  def abort(self) -> None:
+    for w in self._writers.values():
+      w.close()
+    self._writers = {}
+    shutil.rmtree(self._tmp, ignore_errors=True)
+
+  def _cut(self, split: str) -> "object":
+    """Cuts the split's stream file into its shard files; returns its tfds SplitInfo."""
+    from array_record.python import array_record_module
+    tfds, shard_utils = _tfds(), _tfds().core.utils.shard_utils
+    n = self._counters[split].users
+    num = self.num_shards or shard_utils.ShardConfig.calculate_number_shards(self._bytes[split], n)
+    if n < num:
+      raise ValueError(f"--num_shards={num}: split {split!r} has {n} users; every split needs at least as many "
+                       "users as files, so give a smaller --num_shards (or 0: from the data size)")
+    stream, ends = self._files[split], shard_utils.get_shard_boundaries(n, num)
+    if num == 1:
+      os.replace(stream, self._path(split, 0, 1))
+    else:
+      reader, start = array_record_module.ArrayRecordReader(stream, "readahead_buffer_size:16777216"), 0
+      for shard, end in enumerate(ends):
+        writer = array_record_module.ArrayRecordWriter(self._path(split, shard, num), WRITER_OPTIONS)
+        for a in range(start, end, 4096):
+          for data in reader.read(a, min(a + 4096, end)):
+            writer.write(data)
+        writer.close()
+        start = end
+      reader.close()
+      os.remove(stream)
+    lengths = np.diff([0, *ends]).tolist()
+    return tfds.core.SplitInfo(name=split, shard_lengths=lengths, num_bytes=sum(
+        os.path.getsize(self._path(split, i, num)) for i in range(num)))
+
+  def finish(self, *, stats: dict | None = None, source: dict | None = None) -> dict:
+    """Writes the metadata and renames the data set onto `out_dir`; returns its schema.json contents."""
+    try:
+      for s, c in self._counters.items():
+        c.flush()
+        self._writers[s].close()
+        if c.users == 0:
+          raise ValueError(f"split {s!r} has no users; give it more input (or a larger fraction of the users)")
+      self._writers = {}
+      split_infos = [self._cut(s) for s in self._counters]
+      with _quiet_tfds():
+        _tfds().folder_dataset.write_metadata(
+            data_dir=self._data_dir, features=tfds_features([f["name"] for f in self.features], tuple(self.labels)),
+            split_infos=split_infos, filename_template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
+            check_data=False, disable_shuffling=True, description="gpt_ads prepared events")
+      train = self._counters["train"]
+      meta = {
+          "format": FORMAT,
+          "tfds_dir": os.path.relpath(self._data_dir, self._tmp),
+          "features": [{**f, "counts": train.counts[f["name"]].tolist()} for f in self.features],
+          "labels": self.labels,
+          "splits": {s: {"users": c.users, "events": c.events, "max_events": c.max_events}
+                     for s, c in self._counters.items()},
+          "stats": stats or {},
+          "source": source or {},
+      }
+      with open(os.path.join(self._tmp, SCHEMA_FILE), "w") as fh:
+        json.dump(meta, fh, indent=1)
+      if os.path.exists(self.out_dir):
+        shutil.rmtree(self.out_dir)
+      os.replace(self._tmp, self.out_dir)
+    except BaseException:
+      self.abort()
+      raise
+    return meta
+
+
+def write(out_dir: str, *, features: list[dict], splits: dict[str, Callable[[], Iterable[dict]]],
+          labels: dict | None = None, stats: dict | None = None, source: dict | None = None,
+          overwrite: bool = False, num_shards: int = 0) -> dict:
+  """Writes a prepared data set to `out_dir` atomically (a `Writer`); returns its schema.json contents.
+
+  Args:
+    splits: {split: () -> iterable of records} for split in SPLITS ("train" required); each is iterated once.
+    features, labels, overwrite, num_shards: as `Writer`'s.
+  """
+  with Writer(out_dir, features=features, labels=labels, splits=splits, overwrite=overwrite,
+              num_shards=num_shards) as w:
+    for s, records_of in splits.items():
+      for record in records_of():
+        w.add(s, record)
+    return w.finish(stats=stats, source=source)
 
 
 @contextlib.contextmanager
 def _quiet_tfds():
-  """TFDS logs a banner and progress bars per split at INFO; keep them out of the user's terminal."""
-  tfds = _tfds()
+  """TFDS logs at INFO and prints banners; keep them out of the user's terminal."""
   logger = py_logging.getLogger("absl")
   level = logger.level
   logger.setLevel(py_logging.WARNING)
-  tfds.display_progress_bar(False)
   try:
-    with contextlib.redirect_stdout(io.StringIO()):  # "Downloading and preparing dataset ..." banners
+    with contextlib.redirect_stdout(io.StringIO()):
       yield
   finally:
     logger.setLevel(level)
@@ -365,13 +418,7 @@ class SplitSource:
     return [self._decode(r) for r in raw]
 
   def _decode(self, serialized: bytes) -> dict:
-    from tensorflow_datasets.proto import tf_example_pb2
-    f = tf_example_pb2.Example.FromString(serialized).features.feature
-    out = {k: np.frombuffer(f[k].bytes_list.value[0], "<i4").astype(np.int32) for k in self._names}
-    out["user_id"] = f["user_id"].bytes_list.value[0]
-    if self._labels:
-      out["labels"] = {k: float(f[f"labels/{k}"].float_list.value[0]) for k in self._labels}
-    return out
+    return records.decode(serialized, self._names, self._labels)
 
 
 def open_dir(path: str) -> Prepared:
