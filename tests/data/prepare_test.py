@@ -370,3 +370,33 @@ def test_vocab_from_reuses_yesterdays_ids_and_unseen_values_are_oov(tmp_path):
   with pytest.raises(ValueError, match="disagrees with --vocab_from"):
     prep.prepare(options(tmp_path, [str(tmp_path / "t.csv")], hash_buckets={"device": 4}, vocab_from=old.output,
                          overwrite=True))
+
+
+def test_the_external_sort_writes_the_same_bytes_whatever_its_memory_bound(tmp_path):
+  """Many runs and many ranges of users (spill_events=7) give the files of one run in one range: same order
+  of users, same ties, duplicates, test users and vocabularies."""
+  rows = random_events(3, num_users=60)
+  rows += rows[5:9] + [("t1", 1_700_000_003, "ad1", "phone")]  # exact duplicates (dropped) and a test user
+  test_rows = [("t1", 1_700_000_001, "ad2", "007"), ("t1", 1_700_000_000, "ad2", "007"),
+               ("t2", 1_700_000_002, "ad0", "phone"),
+               ("t2", 1_700_000_002, "ad9", "phone")]
+  inputs = [write_csv(tmp_path / "a.csv", rows[:200]), write_csv(tmp_path / "b.csv", rows[200:])]
+  test = [write_csv(tmp_path / "t.csv", test_rows)]
+
+  def files(spill_events, name):
+    opts = options(tmp_path / name, inputs, test_input=test, derive_time=["gap", "hour"], min_events=2,
+                   batch_rows=50, spill_events=spill_events)
+    meta = prep.prepare(opts)
+    tfds_dir = os.path.join(opts.output, meta["tfds_dir"])
+    data = {f: open(os.path.join(tfds_dir, f), "rb").read() for f in sorted(os.listdir(tfds_dir))
+            if ".array_record-" in f}
+    del meta["source"]["flags"]["spill_events"], meta["source"]["flags"]["output"]
+    return meta, data
+
+  big_meta, big = files(10**6, "one")
+  small_meta, small = files(7, "many")
+  assert small == big and small_meta == big_meta
+  dropped = big_meta["stats"]["rows_dropped"]
+  assert dropped["duplicate"] == 4 and dropped["test_user_in_input"] == 1 and big_meta["stats"]["users"]["test"] >= 2
+  for name in ("one", "many"):
+    assert [p.name for p in (tmp_path / name).iterdir() if p.name.startswith(".")] == []  # no spill left

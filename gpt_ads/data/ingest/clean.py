@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpt_ads.data.ingest.events import Events
 from gpt_ads.data.ingest.options import PrepareOptions
+from gpt_ads.data.ingest.spill import Part
 
 POLICY = {
     "missing_user_or_time": "rows whose user id or timestamp is empty, null or NaN are dropped",
@@ -28,48 +28,48 @@ POLICY = {
 }
 
 
-def clean(ev: Events, o: PrepareOptions, stats: dict) -> tuple[np.ndarray, np.ndarray]:
-  """(kept rows sorted by user then time [events], in_test bool [user codes]): the drop rules of POLICY."""
-  rows = np.arange(len(ev.user))
-  in_test = np.zeros(len(ev.users.codes), bool)
+def clean(part: Part, in_test: np.ndarray, o: PrepareOptions, stats: dict) -> Part:
+  """The events of `part` (a range of whole users, sorted by user then time, file order within ties) that the
+  drop rules of POLICY keep; the drops are added to `stats`."""
+  drops = stats["rows_dropped"]
   if o.test_input:
-    in_test[ev.user[ev.test_start:]] = True
-    bad = (rows < ev.test_start) & in_test[ev.user]
-    stats["rows_dropped"]["test_user_in_input"] = int(bad.sum())
-    rows = rows[~bad]
-  order = _stable_order(ev, rows)
-  order, n = _drop_duplicates(ev, order), len(order)
-  stats["duplicate_rows"] = stats["rows_dropped"]["duplicate"] = n - len(order)
-  _, lengths = segments(ev.user[order])
+    part, n = _take(part, part.from_test | ~in_test[part.user])
+    drops["test_user_in_input"] += n
+  part, n = _take(part, ~_duplicates(part))
+  stats["duplicate_rows"] += n
+  drops["duplicate"] += n
+  _, lengths = segments(part.user)
   few = lengths < o.min_events
-  stats["users_dropped_too_few_events"] = int(few.sum())
-  stats["rows_dropped"]["too_few_events"] = int(lengths[few].sum())
-  return order[np.repeat(~few, lengths)], in_test
+  stats["users_dropped_too_few_events"] += int(few.sum())
+  drops["too_few_events"] += int(lengths[few].sum())
+  return _take(part, np.repeat(~few, lengths))[0]
 
 
-def _stable_order(ev: Events, rows: np.ndarray) -> np.ndarray:
-  """`rows` sorted by (user, time), stable: ties keep file order."""
-  rows = rows[np.argsort(ev.time[rows], kind="stable")]
-  return rows[np.argsort(ev.user[rows], kind="stable")]
+def _take(part: Part, keep: np.ndarray) -> tuple[Part, int]:
+  """(the rows of `part` where `keep`, the number of rows dropped)."""
+  if keep.all():
+    return part, 0
+  return Part(user=part.user[keep], time=part.time[keep], values={c: v[keep] for c, v in part.values.items()},
+              from_test=part.from_test[keep]), int(len(keep) - keep.sum())
 
 
-def _drop_duplicates(ev: Events, order: np.ndarray) -> np.ndarray:
-  """`order` without exact duplicates (same user, time and values), keeping the first in file order."""
-  u, t = ev.user[order], ev.time[order]
-  tie = np.zeros(len(order), bool)
+def _duplicates(part: Part) -> np.ndarray:
+  """bool [n]: rows that repeat an earlier row (same user, time and values) of `part`; the first is kept."""
+  u, t = part.user, part.time
+  tie = np.zeros(len(u), bool)
   tie[1:] = (u[1:] == u[:-1]) & (t[1:] == t[:-1])  # same (user, time) as the previous row
   cand = np.flatnonzero(tie | np.append(tie[1:], False))  # rows in a run of equal (user, time)
+  dup = np.zeros(len(u), bool)
   if cand.size == 0:
-    return order
+    return dup
   run = np.cumsum(~tie)[cand]
-  values = [ev.values[c][order[cand]] for c in ev.values]
+  values = [v[cand] for v in part.values.values()]
   o = np.lexsort((cand, *values[::-1], run))  # by run, then values, then position (= file order)
   same = run[o][1:] == run[o][:-1]
   for v in values:
     same &= v[o][1:] == v[o][:-1]
-  keep = np.ones(len(order), bool)
-  keep[cand[o][1:][same]] = False
-  return order[keep]
+  dup[cand[o][1:][same]] = True
+  return dup
 
 
 def segments(user_sorted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

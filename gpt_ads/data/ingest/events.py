@@ -1,6 +1,7 @@
 """The read batches encoded into int arrays: user code, int64 time and one value code per feature, per event.
 
-Files are streamed in batches, each batch encoded at once, so memory is O(events). Values are exact strings
+Files are streamed in batches, each batch encoded at once and handed to the external sort (`spill.Runs`), so
+memory is O(distinct users and values) plus `PrepareOptions.spill_events` events. Values are exact strings
 ("007" stays "007"); rows without a user id or a time are dropped here (counted in stats["rows_dropped"]).
 """
 
@@ -16,6 +17,7 @@ import pyarrow.compute as pc
 
 from gpt_ads.data.ingest.options import PrepareOptions
 from gpt_ads.data.ingest.read import MISSING, as_strings, batches, expand_inputs
+from gpt_ads.data.ingest.spill import Runs
 from gpt_ads.data.ingest.timestamps import parse_time
 
 
@@ -39,34 +41,30 @@ class Encoder:
 
 @dataclasses.dataclass
 class Events:
-  """Every input event, encoded, in file order (rows without a user or a time already dropped).
+  """Every input event, encoded and spilled (rows without a user or a time already dropped).
 
   Attributes:
-    user: int32 [n] user codes (users.values[code] is the id); time: int64 [n] ns since the epoch, UTC.
-    values: {column: int32 [n]} value codes (-1 = missing); encoders[column].values[code] is the value.
-    test_start: index of the first event read from --test_input (n when there is none).
+    runs: the events, as sorted runs on disk (`spill.Runs`): user codes (users.values[code] is the id), int64
+      ns since the epoch (UTC), {column: value codes (-1 = missing)}; encoders[column].values[code] is the value.
+    in_test: bool [user codes] whether the user has a row in --test_input.
   """
-  user: np.ndarray
-  time: np.ndarray
-  values: dict[str, np.ndarray]
+  runs: Runs
   users: Encoder
   encoders: dict[str, Encoder]
-  test_start: int
+  in_test: np.ndarray
 
 
-def read_events(options: PrepareOptions, stats: dict, log: Callable[[str], None]) -> Events:
-  """Every event of --input then --test_input (their files: `expand_inputs`), in file order; counts rows and
-  drops into `stats`."""
+def read_events(options: PrepareOptions, stats: dict, log: Callable[[str], None], runs: Runs) -> Events:
+  """Every event of --input then --test_input (their files: `expand_inputs`), in file order, into `runs`;
+  counts rows and drops into `stats`."""
   users, encoders = Encoder(), {c: Encoder() for c in options.features}
-  parts = {k: [] for k in ("user", "time", *options.features)}
   needed = [options.user_col, options.time_col, *options.features]
   dropped, missing_values = stats["rows_dropped"], stats["missing_values"]
-  start, kept, test_start = time_lib.time(), 0, None
+  start, in_test = time_lib.time(), np.zeros(0, bool)
   inputs = expand_inputs(options.input, "--input")
   test_inputs = expand_inputs(options.test_input, "--test_input")
   for i, (path, partitions) in enumerate(inputs + test_inputs):
-    if i == len(inputs):
-      test_start = kept
+    from_test = i >= len(inputs)
     rows = 0
     for batch in batches(path, needed, options, partitions):
       u = users.encode(as_strings(batch.column(options.user_col), path, rows, options.user_col))
@@ -74,18 +72,21 @@ def read_events(options: PrepareOptions, stats: dict, log: Callable[[str], None]
       keep = (u >= 0) & ~no_time
       dropped["missing_user"] += int((u < 0).sum())
       dropped["missing_time"] += int(((u >= 0) & no_time).sum())
-      parts["user"].append(u[keep])
-      parts["time"].append(t[keep])
+      values = {}
       for c in options.features:
-        codes = encoders[c].encode(as_strings(batch.column(c), path, rows, c))[keep]
-        missing_values[c] += int((codes < 0).sum())
-        parts[c].append(codes)
+        values[c] = encoders[c].encode(as_strings(batch.column(c), path, rows, c))[keep]
+        missing_values[c] += int((values[c] < 0).sum())
+      runs.add(u[keep], t[keep], values, from_test)
+      if from_test:
+        in_test = np.pad(in_test, (0, max(len(users.codes) - len(in_test), 0)))
+        in_test[u[keep]] = True
       rows += batch.num_rows
-      kept += int(keep.sum())
       stats["input_rows"] += batch.num_rows
-      log(f"{path}: {rows:,} rows read ({stats['input_rows']:,} in all, {time_lib.time() - start:.1f}s)")
+      seconds = time_lib.time() - start
+      log(f"{path}: {rows:,} rows read ({stats['input_rows']:,} in all, {seconds:.1f}s, "
+          f"{stats['input_rows'] / max(seconds, 1e-9):,.0f} rows/s)")
     if rows == 0:
       raise ValueError(f"{path}: no data rows (only a header?); give files with events")
-  cat = {k: (np.concatenate(v) if v else np.zeros(0, np.int64 if k == "time" else np.int32)) for k, v in parts.items()}
-  return Events(user=cat.pop("user"), time=cat.pop("time"), values=cat, users=users, encoders=encoders,
-                test_start=kept if test_start is None else test_start)
+  runs.flush()
+  in_test = np.pad(in_test, (0, len(users.codes) - len(in_test)))
+  return Events(runs=runs, users=users, encoders=encoders, in_test=in_test)

@@ -22,6 +22,7 @@ from gpt_ads.data.ingest.events import Events, read_events
 from gpt_ads.data.ingest.labels import read_labels
 from gpt_ads.data.ingest.options import PrepareOptions
 from gpt_ads.data.ingest.read import check_file, csv_delimiter, expand_inputs
+from gpt_ads.data.ingest.spill import Part, Runs
 from gpt_ads.data.ingest.timestamps import DERIVED, TIME_UNITS, derived_feature
 from gpt_ads.data.ingest.vocab import check_reusable, encode_feature, reuse_feature, stable_hash
 
@@ -59,9 +60,9 @@ def validate(o: PrepareOptions) -> None:
   if o.delimiter and len(csv_delimiter("", o.delimiter)) != 1:
     raise ValueError(f"--delimiter={o.delimiter!r} must be one character (or \\t)")
   if (o.min_events < 1 or o.gap_buckets < 2 or o.batch_rows < 1 or min(o.hash_buckets.values(), default=1) < 1
-      or o.num_shards < 0):
+      or o.num_shards < 0 or o.spill_events < 1):
     raise ValueError("--min_events and --batch_rows must be >= 1, --gap_buckets >= 2, --hash_buckets N >= 1, "
-                     "--num_shards >= 0")
+                     "--num_shards >= 0 (and spill_events >= 1)")
   if os.path.exists(o.output) and not o.overwrite:
     raise ValueError(f"{os.path.abspath(o.output)} already exists; choose another --output or pass --overwrite")
   if o.vocab_from:
@@ -72,41 +73,6 @@ def validate(o: PrepareOptions) -> None:
     check_file(path)
 
 
-@dataclasses.dataclass
-class _Users:
-  """The kept users, in user-sorted order of `order` (the kept event rows, sorted by user then time).
-
-  Attributes:
-    starts, lengths: int [users] each user's run in `order`; code: int [users] user code (ev.users.values[code]
-    is the id); split: object [users] "train" / "validation" / "test".
-  """
-  starts: np.ndarray
-  lengths: np.ndarray
-  code: np.ndarray
-  split: np.ndarray
-
-
-def _split_users(ev: Events, order: np.ndarray, in_test: np.ndarray, o: PrepareOptions, stats: dict) -> _Users:
-  """Each kept user's run and split; an error when no events are left or a split has no users."""
-  starts, lengths = segments(ev.user[order])  # [users]
-  seg_user, names = ev.user[order[starts]], ev.users.values  # [users] user code of each run
-  split = np.array([
-      "test" if in_test[u] else user_split(names[u], seed=o.split_seed, val_fraction=o.val_fraction,
-                                           test_fraction=0.0 if o.test_input else o.test_fraction)
-      for u in seg_user], dtype=object)  # a loop per user
-  if len(seg_user) == 0:
-    dropped = ", ".join(f"{k}={v:,}" for k, v in stats["rows_dropped"].items() if v)
-    raise ValueError(f"no events left: {stats['input_rows']:,} rows read, dropped: {dropped or 'none'}; check "
-                     "--user_col / --time_col / --min_events against the files")
-  for s in store.SPLITS:
-    if not (split == s).any():
-      hint = ("lower --val_fraction / --test_fraction" if s == "train" else
-              f"raise --{'val' if s == 'validation' else s}_fraction")
-      raise ValueError(f"the {s} split has no users ({len(seg_user)} users kept in all); give more users or "
-                       f"{hint}")
-  return _Users(starts=starts, lengths=lengths, code=seg_user, split=split)
-
-
 def reused_features(o: PrepareOptions) -> dict[str, dict]:
   """{name: feature dict} of the --vocab_from data set's schema.json ({} without --vocab_from)."""
   if not o.vocab_from:
@@ -114,78 +80,143 @@ def reused_features(o: PrepareOptions) -> dict[str, dict]:
   return {f["name"]: f for f in store.open_dir(o.vocab_from).meta["features"]}
 
 
-def _encode_features(ev: Events, order: np.ndarray, users: _Users, o: PrepareOptions,
-                     stats: dict) -> tuple[list[dict], dict[str, np.ndarray]]:
-  """(schema feature dicts, {feature: ids int32 [kept events]}): the --features, then the --derive_time ones."""
-  train = np.repeat(users.split == "train", users.lengths)  # [events]
-  feats, ids = [], {}
+class _Kept:
+  """The cleaned ranges of users (pass 2), saved next to the runs: each user's split, the training value counts.
+
+  Attributes:
+    users, events: {split: count}; counts: {column: int64 [value codes]} over training events.
+  """
+
+  def __init__(self, ev: Events, o: PrepareOptions):
+    self.ev, self.o, self.paths = ev, o, []
+    self.users, self.events = dict.fromkeys(store.SPLITS, 0), dict.fromkeys(store.SPLITS, 0)
+    self.counts = {c: np.zeros(len(ev.encoders[c].codes), np.int64) for c in o.features}
+
+  def add(self, part: Part, index: int) -> None:
+    o, names = self.o, self.ev.users.values
+    starts, lengths = segments(part.user)  # [users]
+    split = np.array([
+        "test" if self.ev.in_test[u] else user_split(names[u], seed=o.split_seed, val_fraction=o.val_fraction,
+                                                     test_fraction=0.0 if o.test_input else o.test_fraction)
+        for u in part.user[starts]], dtype="<U10")  # a loop per user
+    for s in store.SPLITS:
+      self.users[s] += int((split == s).sum())
+      self.events[s] += int(lengths[split == s].sum())
+    train = np.repeat(split == "train", lengths)  # [events]
+    for c, codes in part.values.items():
+      kept = codes[train & (codes >= 0)]
+      self.counts[c] += np.bincount(kept, minlength=len(self.counts[c]))
+    path = os.path.join(self.ev.runs.dir, f"kept-{index:05d}.npz")
+    np.savez(path, user=part.user, time=part.time, split=split, starts=starts, lengths=lengths,
+             **{f"value:{c}": v for c, v in part.values.items()})
+    self.paths.append(path)
+
+  def check(self, stats: dict) -> None:
+    """An error when no events are left or a split has no users."""
+    total = sum(self.users.values())
+    if total == 0:
+      dropped = ", ".join(f"{k}={v:,}" for k, v in stats["rows_dropped"].items() if v)
+      raise ValueError(f"no events left: {stats['input_rows']:,} rows read, dropped: {dropped or 'none'}; check "
+                       "--user_col / --time_col / --min_events against the files")
+    for s in store.SPLITS:
+      if not self.users[s]:
+        hint = ("lower --val_fraction / --test_fraction" if s == "train" else
+                f"raise --{'val' if s == 'validation' else s}_fraction")
+        raise ValueError(f"the {s} split has no users ({total} users kept in all); give more users or {hint}")
+
+
+def _features(ev: Events, kept: _Kept, o: PrepareOptions) -> tuple[list[dict], dict[str, np.ndarray]]:
+  """(schema feature dicts: the --features, then the --derive_time ones; {column: lut value code -> id})."""
+  feats, luts = [], {}
   prior = reused_features(o)
   for c in o.features:
-    codes, values = ev.values.pop(c)[order], ev.encoders[c].values
-    ids[c], feature = (reuse_feature(c, codes, values, prior[c], o) if prior else
-                       encode_feature(c, codes, values, train, o))
-    stats["oov_events"][c] = int((ids[c][train] == features_lib.OOV_ID).sum())
+    values = ev.encoders[c].values
+    luts[c], feature = (reuse_feature(c, values, prior[c], o) if prior else
+                        encode_feature(c, kept.counts[c], values, o))
     feats.append(feature)
-  first = np.zeros(len(order), bool)
-  first[users.starts] = True
   for kind in o.derive_time:
     name = DERIVED[kind]
-    ids[name], vocab, size = derived_feature(kind, ev.time[order], first, o.gap_buckets)
+    _, vocab, size = derived_feature(kind, np.zeros(0, np.int64), np.zeros(0, bool), o.gap_buckets)
     if name in prior and prior[name]["vocab_size"] != size:
       raise ValueError(f"--vocab_from={o.vocab_from}: its {name!r} has {prior[name]['vocab_size']} ids, this run's "
                        f"{size}; use the --gap_buckets it was prepared with")
     feats.append({"name": name, "vocab_size": size, "loss": "softmax", "vocabulary": vocab,
                   "source": f"derived:{kind}"})
-  return feats, ids
+  return feats, luts
 
 
-def _split_records(users: _Users, names: list[str], ids: dict[str, np.ndarray], label_specs: dict,
-                   label_values: dict[str, np.ndarray]):
-  """{split: () -> iterable of records} (what store.write takes): one record per user of the split."""
-  def records(s: str):
-    def generate():
-      for k in np.flatnonzero(users.split == s):  # a loop per user
-        a, b, u = users.starts[k], users.starts[k] + users.lengths[k], users.code[k]
-        record = {"user_id": names[u], **{f: ids[f][a:b] for f in ids}}
-        if label_specs:
-          record["labels"] = {name: float(v[u]) for name, v in label_values.items()}
-        yield record
-    return generate
-
-  return {s: records(s) for s in store.SPLITS}
+def _write_records(writer: store.Writer, ev: Events, kept: _Kept, luts: dict[str, np.ndarray], label_specs: dict,
+                   label_values: dict[str, np.ndarray], o: PrepareOptions, stats: dict,
+                   log: Callable[[str], None]) -> None:
+  """Pass 3: each kept user's record, in user-code order, to its split."""
+  names, start, done = ev.users.values, time_lib.time(), 0
+  for path in kept.paths:
+    with np.load(path) as z:
+      part = {k: z[k] for k in z.files}
+    starts, lengths, split = part["starts"], part["lengths"], part["split"]
+    train = np.repeat(split == "train", lengths)
+    ids = {}
+    for c in o.features:
+      ids[c] = luts[c][part[f"value:{c}"]]
+      stats["oov_events"][c] += int((ids[c][train] == features_lib.OOV_ID).sum())
+    first = np.zeros(len(part["user"]), bool)
+    first[starts] = True
+    for kind in o.derive_time:
+      ids[DERIVED[kind]] = derived_feature(kind, part["time"], first, o.gap_buckets)[0]
+    ends = starts + lengths
+    for k, u in enumerate(part["user"][starts].tolist()):  # a loop per user
+      a, b = starts[k], ends[k]
+      record = {"user_id": names[u], **{f: v[a:b] for f, v in ids.items()}}
+      if label_specs:
+        record["labels"] = {name: float(v[u]) for name, v in label_values.items()}
+      writer.add(str(split[k]), record)
+    done += int(lengths.sum())
+    log(f"written {done:,} events ({done / max(time_lib.time() - start, 1e-9):,.0f} events/s)")
 
 
 def prepare(options: PrepareOptions, *, log: Callable[[str], None] = lambda line: None,
             extra_source: dict | None = None) -> dict:
   """Reads, cleans, splits and encodes the events; writes the data set; returns its schema.json dict.
 
-  `log` receives progress lines; `extra_source` is merged into schema.json's `source` (e.g. by data builders).
+  Three passes, memory bounded by `options.spill_events` (gpt_ads.data.ingest.spill): read and encode the files
+  into sorted runs; per range of users, clean (POLICY), split and count the training values; build the
+  vocabularies, then encode and write each user's record. `log` receives progress lines; `extra_source` is
+  merged into schema.json's `source` (e.g. by data builders).
   """
   o, start = options, time_lib.time()
   validate(o)
   stats = {"input_rows": 0, "duplicate_rows": 0, "users_dropped_too_few_events": 0,
            "rows_dropped": dict.fromkeys(("missing_user", "missing_time", "test_user_in_input", "duplicate",
                                           "too_few_events"), 0),
-           "missing_values": dict.fromkeys(o.features, 0), "oov_events": {}, "label_rows": 0}
-  ev = read_events(o, stats, log)
-  order, in_test = clean(ev, o, stats)
-  users = _split_users(ev, order, in_test, o, stats)
-  feats, ids = _encode_features(ev, order, users, o, stats)
-  label_specs, label_values = read_labels(o.labels, o, ev.users.codes, stats) if o.labels else ({}, {})
-  splits = _split_records(users, ev.users.values, ids, label_specs, label_values)
-
-  stats["users"] = {s: int((users.split == s).sum()) for s in store.SPLITS}
-  stats["events"] = {s: int(users.lengths[users.split == s].sum()) for s in store.SPLITS}
-  stats["policy"] = {**POLICY, "split": f"user_split(user_id, seed={o.split_seed}): blake2b-64 of "
-                                        f"'{o.split_seed}:<user_id>' / 2**64 (see gpt_ads.data.prepare)"}
-  source = {"inputs": [os.path.abspath(p) for p in o.input],
-            "test_inputs": [os.path.abspath(p) for p in o.test_input],
-            "labels": [os.path.abspath(p) for p in o.labels], "user_col": o.user_col, "time_col": o.time_col,
-            "flags": dataclasses.asdict(o), **(extra_source or {})}
+           "missing_values": dict.fromkeys(o.features, 0), "oov_events": dict.fromkeys(o.features, 0),
+           "label_rows": 0}
   out = os.path.abspath(o.output)
-  log(f"writing {out} ...")
-  meta = store.write(o.output, features=feats, splits=splits, labels=label_specs, stats=stats, source=source,
-                     overwrite=o.overwrite, num_shards=o.num_shards)
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  runs = Runs(out, o.features, o.spill_events)
+  try:
+    ev = read_events(o, stats, log, runs)
+    kept = _Kept(ev, o)
+    for i, (_, part) in enumerate(runs.partitions()):
+      kept.add(clean(part, ev.in_test, o, stats), i)
+    kept.check(stats)
+    log(f"sorted and cleaned {runs.events:,} events in {len(kept.paths)} range(s) of users "
+        f"({time_lib.time() - start:.1f}s)")
+    feats, luts = _features(ev, kept, o)
+    label_specs, label_values = read_labels(o.labels, o, ev.users.codes, stats) if o.labels else ({}, {})
+    stats["users"], stats["events"] = kept.users, kept.events
+    stats["policy"] = {**POLICY, "split": f"user_split(user_id, seed={o.split_seed}): blake2b-64 of "
+                                          f"'{o.split_seed}:<user_id>' / 2**64 (see gpt_ads.data.prepare)"}
+    source = {"inputs": [os.path.abspath(p) for p in o.input],
+              "test_inputs": [os.path.abspath(p) for p in o.test_input],
+              "labels": [os.path.abspath(p) for p in o.labels], "user_col": o.user_col, "time_col": o.time_col,
+              "flags": dataclasses.asdict(o), **(extra_source or {})}
+    log(f"writing {out} ...")
+    with store.Writer(o.output, features=feats, labels=label_specs, overwrite=o.overwrite,
+                      num_shards=o.num_shards) as writer:
+      _write_records(writer, ev, kept, luts, label_specs, label_values, o, stats, log)
+      meta = writer.finish(stats=stats, source=source)
+  finally:
+    runs.close()
   dropped = ", ".join(f"{k}={v:,}" for k, v in stats["rows_dropped"].items() if v)
   log("; ".join(f"{s}: {stats['users'][s]:,} users / {stats['events'][s]:,} events" for s in store.SPLITS)
       + f"; rows dropped: {dropped or 'none'}; users dropped (too few events): "

@@ -33,10 +33,10 @@ def _per_column(spec: int | dict[str, int], column: str, default: int) -> int:
   return int(spec)
 
 
-def _vocabulary(codes: np.ndarray, train: np.ndarray, values: list[str], *, min_count: int,
+def _vocabulary(counts: np.ndarray, values: list[str], *, min_count: int,
                 max_size: int) -> tuple[np.ndarray, list[str]]:
-  """(lut [len(values) + 1] code -> id (lut[-1] = missing -> OOV), the values of ids 2.. in id order)."""
-  counts = np.bincount(codes[train & (codes >= 0)], minlength=len(values))
+  """(lut [len(values) + 1] code -> id (lut[-1] = missing -> OOV), the values of ids 2.. in id order) from the
+  training count of each value code."""
   cand = np.flatnonzero(counts >= max(min_count, 1))
   rank = np.empty(len(cand), np.int64)
   rank[pc.sort_indices(pa.array([values[i] for i in cand], pa.string())).to_numpy()] = np.arange(len(cand))
@@ -51,9 +51,10 @@ def _hash_lut(values: list[str], buckets: int) -> np.ndarray:
   return np.append(lut, features_lib.OOV_ID).astype(np.int32)
 
 
-def reuse_feature(c: str, codes: np.ndarray, values: list[str], prior: dict, o: PrepareOptions):
-  """(ids int32 [events], schema feature dict) of feature column `c` encoded with `prior`, the same feature's
-  dict in the schema.json of --vocab_from (checked by `check_reusable`)."""
+def reuse_feature(c: str, values: list[str], prior: dict, o: PrepareOptions):
+  """(lut int32 [len(values) + 1] value code -> id (lut[-1]: missing), schema feature dict) of feature column `c`
+  encoded with `prior`, the same feature's dict in the schema.json of --vocab_from (checked by
+  `check_reusable`)."""
   vocab = prior["vocabulary"]
   if vocab["kind"] == "hash":
     lut = _hash_lut(values, int(vocab["num_buckets"]))
@@ -61,7 +62,7 @@ def reuse_feature(c: str, codes: np.ndarray, values: list[str], prior: dict, o: 
     index = {v: features_lib.NUM_RESERVED + i for i, v in enumerate(vocab["values"])}
     lut = np.array([index.get(v, features_lib.OOV_ID) for v in values] + [features_lib.OOV_ID], np.int32)
   loss = "sampled_softmax" if c in o.sampled else "softmax"
-  return lut[codes], {"name": c, "vocab_size": int(prior["vocab_size"]), "loss": loss,
+  return lut, {"name": c, "vocab_size": int(prior["vocab_size"]), "loss": loss,
                       "vocabulary": {**vocab, "from": os.path.abspath(o.vocab_from)}, "source": c}
 
 
@@ -83,19 +84,20 @@ def check_reusable(o: PrepareOptions, prior: dict[str, dict]) -> None:
                        "; drop it from --hash_buckets")
 
 
-def encode_feature(c: str, codes: np.ndarray, values: list[str], train: np.ndarray, o: PrepareOptions):
-  """(ids int32 [events], schema feature dict) of feature column `c` from its value codes in event order."""
+def encode_feature(c: str, counts: np.ndarray, values: list[str], o: PrepareOptions):
+  """(lut int32 [len(values) + 1] value code -> id (lut[-1]: missing), schema feature dict) of feature column
+  `c` from the training count of each value code."""
   if c in o.hash_buckets:
     buckets = int(o.hash_buckets[c])
     lut = _hash_lut(values, buckets)
     vocab, size = {"kind": "hash", "num_buckets": buckets, "hash": HASH}, features_lib.NUM_RESERVED + buckets
   else:
     min_count, max_size = _per_column(o.min_count, c, 1), _per_column(o.max_vocab, c, 1_000_000)
-    lut, kept = _vocabulary(codes, train, values, min_count=min_count, max_size=max_size)
+    lut, kept = _vocabulary(counts, values, min_count=min_count, max_size=max_size)
     if not kept:
       raise ValueError(f"feature {c!r}: no value occurs {min_count}+ times in the training events; lower "
                        "--min_count")
     vocab = {"kind": "values", "values": kept, "min_count": min_count, "max_size": max_size}
     size = features_lib.NUM_RESERVED + len(kept)
   loss = "sampled_softmax" if c in o.sampled else "softmax"
-  return lut[codes], {"name": c, "vocab_size": size, "loss": loss, "vocabulary": vocab, "source": c}
+  return lut, {"name": c, "vocab_size": size, "loss": loss, "vocabulary": vocab, "source": c}
