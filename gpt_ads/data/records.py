@@ -71,6 +71,29 @@ class Encoder:
     body = b"".join(parts)
     return _field(len(body)) + body
 
+  def encode_users(self, user_ids, lengths: np.ndarray, ids: dict, labels: dict | None = None):
+    """Yields the Example bytes of many users: user k has the next lengths[k] events of every `ids` {feature:
+    int32 [sum(lengths)]} (little-endian) and the labels {name: float [users]}[k]."""
+    views = {name: memoryview(np.ascontiguousarray(ids[name], "<i4")).cast("B")
+             for _, name, kind in self._entries if kind == "ids"}
+    label_bytes = {name: np.asarray(labels[name], "<f4").tobytes()
+                   for _, name, kind in self._entries if kind == "label"}
+    ends = np.cumsum(lengths).tolist()
+    a = 0
+    for k, (user, b) in enumerate(zip(user_ids, ends)):
+      parts, size = [], 4 * (b - a)
+      for key, name, kind in self._entries:
+        if kind == "ids":
+          parts += (self._head(key, size, b"\x0a"), views[name][4 * a:4 * b])
+        elif kind == "user":
+          value = user.encode("utf-8")
+          parts += (self._head(key, len(value), b"\x0a"), value)
+        else:
+          parts += (self._head(key, 4, b"\x12"), label_bytes[name][4 * k:4 * k + 4])
+      body = b"".join(parts)
+      yield _field(len(body)) + body
+      a = b
+
 
 def decode(serialized: bytes, feature_names, label_names=()) -> dict:
   """{feature: int32 [n], "user_id": bytes, "labels": {name: float}} of one record (any field order)."""

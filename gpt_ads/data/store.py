@@ -106,6 +106,27 @@ class _SplitCounter:
       self.flush()
     return out
 
+  def check_many(self, user_ids, lengths: np.ndarray, ids: dict) -> None:
+    """Checks and counts many users at once (`Writer.add_users`)."""
+    lengths = np.asarray(lengths)
+    if len(user_ids) != len(lengths) or (lengths < 1).any():
+      raise ValueError(f"split {self.split!r}: one length >= 1 per user is needed")
+    for f in self.features:
+      name, v = f["name"], f["vocab_size"]
+      x = ids.get(name)
+      if x is None or x.ndim != 1 or x.dtype.kind not in "iu" or len(x) != lengths.sum():
+        raise ValueError(f"split {self.split!r}, feature {name!r}: ids must be a 1-D integer array of "
+                         f"{lengths.sum()} events (the users' lengths summed)")
+      if len(x) and (x.min() < features_lib.OOV_ID or x.max() >= v):
+        k = np.searchsorted(np.cumsum(lengths), np.flatnonzero((x < features_lib.OOV_ID) | (x >= v))[0], "right")
+        raise ValueError(f"{self._where(user_ids[k])}, feature {name!r}: ids must lie in "
+                         f"[{features_lib.OOV_ID}, {v})")
+      if self.split == "train":
+        self.counts[name] += np.bincount(x, minlength=v)
+    self.users += len(lengths)
+    self.events += int(lengths.sum())
+    self.max_events = max(self.max_events, int(lengths.max(initial=0)))
+
   def flush(self) -> None:
     pending, self._pending = self._pending, []
     if not pending:
@@ -191,6 +212,22 @@ class Writer:
     self._writers[split].write(data)
     self._bytes[split] += len(data)
 
+  def add_users(self, split: str, user_ids, lengths: np.ndarray, ids: dict, labels: dict | None = None) -> None:
+    """Appends many users to `split` at once (checked vectorized): user k has the next lengths[k] events of
+    every `ids` {feature: int [sum(lengths)]} and the labels {name: float [users]}[k]."""
+    counter = self._counters.get(split)
+    if counter is None:
+      raise ValueError(f"split {split!r} is not among this writer's splits {tuple(self._counters)}")
+    counter.check_many(user_ids, lengths, ids)
+    if counter.label_names:
+      labels = {k: np.asarray((labels or {}).get(k, np.full(len(lengths), np.nan)), np.float32)
+                for k in counter.label_names}
+    writer, total = self._writers[split], 0
+    for data in self._encoder.encode_users(user_ids, lengths, ids, labels):
+      writer.write(data)
+      total += len(data)
+    self._bytes[split] += total
+
   def abort(self) -> None:
     for w in self._writers.values():
       w.close()
@@ -251,7 +288,7 @@ class Writer:
           "source": source or {},
       }
       with open(os.path.join(self._tmp, SCHEMA_FILE), "w") as fh:
-        json.dump(meta, fh, indent=1)
+        fh.write(_schema_text(meta))
       if os.path.exists(self.out_dir):
         shutil.rmtree(self.out_dir)
       os.replace(self._tmp, self.out_dir)
@@ -276,6 +313,16 @@ def write(out_dir: str, *, features: list[dict], splits: dict[str, Callable[[], 
       for record in records_of():
         w.add(s, record)
     return w.finish(stats=stats, source=source)
+
+
+def _schema_text(meta: dict) -> str:
+  """schema.json's text: one line per top-level key and per feature (json's C encoder: an indented dump of
+  a million-value vocabulary takes seconds in the pure-Python one)."""
+  def line(key, value):
+    if key == "features":
+      return '"features": [\n  ' + ",\n  ".join(json.dumps(f) for f in value) + "\n ]"
+    return f"{json.dumps(key)}: {json.dumps(value)}"
+  return "{\n " + ",\n ".join(line(k, v) for k, v in meta.items()) + "\n}\n"
 
 
 @contextlib.contextmanager

@@ -22,21 +22,48 @@ from gpt_ads.data.ingest.timestamps import parse_time
 
 
 class Encoder:
-  """Maps the exact strings of one column to dense int32 codes in order of first appearance; missing -> -1."""
+  """Maps the exact strings of one column to dense int32 codes in order of first appearance; missing -> -1.
+
+  Vectorized: each batch's distinct values (pyarrow dictionary_encode, in order of first appearance) are looked
+  up among the known ones with pc.index_in; the new ones get the next codes.
+  """
 
   def __init__(self):
-    self.codes: dict[str, int] = {}
+    self._known = pa.array([], pa.string())  # [codes] the values, in code order
+    self._values: list[str] | None = []
+
+  def __len__(self) -> int:
+    return len(self._known)
 
   def encode(self, strings: pa.Array) -> np.ndarray:
     enc = pc.dictionary_encode(strings, null_encoding="encode")
-    codes = self.codes
-    lut = np.fromiter((-1 if v is None or v in MISSING else codes.setdefault(v, len(codes))
-                       for v in enc.dictionary.to_pylist()), np.int32, len(enc.dictionary))  # a loop per value
+    d = enc.dictionary  # the batch's distinct values, first appearance first (null among them)
+    if d.type != pa.string():
+      d = d.cast(pa.string())
+    missing = pc.or_kleene(pc.is_null(d), pc.is_in(d, value_set=_MISSING)).to_numpy(zero_copy_only=False)
+    lut = pc.index_in(d, value_set=self._known).to_numpy(zero_copy_only=False)  # NaN where new
+    new = np.isnan(lut) & ~missing
+    lut = np.where(np.isnan(lut) | missing, -1, lut).astype(np.int32)
+    lut[new] = len(self._known) + np.arange(int(new.sum()), dtype=np.int32)
+    if new.any():
+      self._known = pa.concat_arrays([self._known, d.filter(pa.array(new))])
+      self._values = None
     return lut[enc.indices.to_numpy(zero_copy_only=False)]  # [n]
 
   @property
   def values(self) -> list[str]:
-    return list(self.codes)
+    """[codes] the value of each code."""
+    if self._values is None:
+      self._values = self._known.to_pylist()
+    return self._values
+
+  @property
+  def codes(self) -> dict[str, int]:
+    """{value: code}."""
+    return {v: i for i, v in enumerate(self.values)}
+
+
+_MISSING = pa.array(MISSING, pa.string())
 
 
 @dataclasses.dataclass
@@ -78,7 +105,7 @@ def read_events(options: PrepareOptions, stats: dict, log: Callable[[str], None]
         missing_values[c] += int((values[c] < 0).sum())
       runs.add(u[keep], t[keep], values, from_test)
       if from_test:
-        in_test = np.pad(in_test, (0, max(len(users.codes) - len(in_test), 0)))
+        in_test = np.pad(in_test, (0, max(len(users) - len(in_test), 0)))
         in_test[u[keep]] = True
       rows += batch.num_rows
       stats["input_rows"] += batch.num_rows
@@ -88,5 +115,5 @@ def read_events(options: PrepareOptions, stats: dict, log: Callable[[str], None]
     if rows == 0:
       raise ValueError(f"{path}: no data rows (only a header?); give files with events")
   runs.flush()
-  in_test = np.pad(in_test, (0, len(users.codes) - len(in_test)))
+  in_test = np.pad(in_test, (0, len(users) - len(in_test)))
   return Events(runs=runs, users=users, encoders=encoders, in_test=in_test)

@@ -90,7 +90,7 @@ class _Kept:
   def __init__(self, ev: Events, o: PrepareOptions):
     self.ev, self.o, self.paths = ev, o, []
     self.users, self.events = dict.fromkeys(store.SPLITS, 0), dict.fromkeys(store.SPLITS, 0)
-    self.counts = {c: np.zeros(len(ev.encoders[c].codes), np.int64) for c in o.features}
+    self.counts = {c: np.zeros(len(ev.encoders[c]), np.int64) for c in o.features}
 
   def add(self, part: Part, index: int) -> None:
     o, names = self.o, self.ev.users.values
@@ -163,13 +163,13 @@ def _write_records(writer: store.Writer, ev: Events, kept: _Kept, luts: dict[str
     first[starts] = True
     for kind in o.derive_time:
       ids[DERIVED[kind]] = derived_feature(kind, part["time"], first, o.gap_buckets)[0]
-    ends = starts + lengths
-    for k, u in enumerate(part["user"][starts].tolist()):  # a loop per user
-      a, b = starts[k], ends[k]
-      record = {"user_id": names[u], **{f: v[a:b] for f, v in ids.items()}}
-      if label_specs:
-        record["labels"] = {name: float(v[u]) for name, v in label_values.items()}
-      writer.add(str(split[k]), record)
+    users = part["user"][starts]
+    for s in store.SPLITS:
+      of_split = split == s
+      rows = np.repeat(of_split, lengths)
+      labels = {name: v[users[of_split]] for name, v in label_values.items()} if label_specs else None
+      writer.add_users(s, [names[u] for u in users[of_split].tolist()], lengths[of_split],
+                       {f: v[rows] for f, v in ids.items()}, labels)
     done += int(lengths.sum())
     log(f"written {done:,} events ({done / max(time_lib.time() - start, 1e-9):,.0f} events/s)")
 

@@ -1,11 +1,12 @@
 """The external sort of gpt-ads-prepare: encoded events spilled to disk as sorted runs, read back by user range.
 
 Memory is bounded by `PrepareOptions.spill_events` (events held at once), not by the log: read batches are
-gathered into a run of up to that many events, sorted by (user code, time) (stable: ties keep file order) and
-written to a temporary directory as one .npy file per column. `Runs.partitions` then cuts the user codes into
-ranges of at most that many events (a user with more is a range of its own) and, for each range, reads its
-slice of every run (memory-mapped: a run is sorted by user, so the slice is contiguous) and merges them by a
-stable sort: runs come in file order, so ties in time still keep file order.
+gathered into a run of up to that many events, grouped by block of user codes (code >> shift, at most 2**16
+blocks per run: a stable radix sort, so file order within a block) and written to a temporary directory as one
+.npy file per column. `Runs.partitions` then cuts the user codes into ranges of at most that many events (a
+user with more is a range of its own; boundaries on every run's blocks) and, for each range, reads its slice
+of every run (memory-mapped and contiguous) and sorts it by (user, time); runs come in file order and each
+keeps file order, so ties in time still keep file order.
 
 Per event on disk: int32 user code, int64 time, int32 per feature (and one bit of --test_input origin per run).
 """
@@ -41,7 +42,7 @@ class Runs:
     self.columns, self.spill_events = list(columns), int(spill_events)
     output = os.path.abspath(output)
     self.dir = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.spill-", dir=os.path.dirname(output))
-    self._runs: list[tuple[str, bool, int]] = []  # (directory, from --test_input, events)
+    self._runs: list[tuple[str, bool, int]] = []  # (directory, from --test_input, block shift)
     self._pending: list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] = []
     self._pending_events, self._pending_test = 0, False
     self.user_events = np.zeros(0, np.int64)  # [user codes] events per user code over every run
@@ -63,9 +64,12 @@ class Runs:
       return
     user = np.concatenate([p[0] for p in self._pending])
     time = np.concatenate([p[1] for p in self._pending])
-    order = np.lexsort((time, user))  # stable: ties keep file order
+    shift = max(int(user.max()).bit_length() - 16, 0)
+    block = (user >> shift).astype(np.uint16)
+    order = np.argsort(block, kind="stable")  # a radix sort: file order within a block
     path = os.path.join(self.dir, f"run-{len(self._runs):05d}")
     os.makedirs(path)
+    np.save(os.path.join(path, "block.npy"), block[order])
     np.save(os.path.join(path, "user.npy"), user[order])
     np.save(os.path.join(path, "time.npy"), time[order])
     for c in self.columns:
@@ -73,17 +77,20 @@ class Runs:
     counts = np.bincount(user, minlength=len(self.user_events))
     counts[:len(self.user_events)] += self.user_events
     self.user_events = counts
-    self._runs.append((path, self._pending_test, len(user)))
+    self._runs.append((path, self._pending_test, shift))
     self._pending, self._pending_events = [], 0
 
   def ranges(self) -> list[tuple[int, int]]:
-    """[lo, hi) user-code ranges of at most spill_events events each (one user at least), in code order."""
-    ends = np.cumsum(self.user_events)
+    """[lo, hi) user-code ranges of at most spill_events events each (one block of users at least), in code
+    order, on the blocks of every run."""
+    step = 1 << max((shift for _, _, shift in self._runs), default=0)
+    blocks = -(-len(self.user_events) // step)
+    ends = np.cumsum(np.bincount(np.arange(len(self.user_events)) // step, self.user_events, blocks)).astype(np.int64)
     out, lo = [], 0
-    while lo < len(ends):
+    while lo < blocks:
       base = ends[lo - 1] if lo else 0
       hi = max(int(np.searchsorted(ends, base + self.spill_events, side="right")), lo + 1)
-      out.append((lo, hi))
+      out.append((lo * step, hi * step))
       lo = hi
     return out
 
@@ -92,9 +99,9 @@ class Runs:
     self.flush()
     for lo, hi in self.ranges():
       pieces = []
-      for path, from_test, _ in self._runs:
-        user = np.load(os.path.join(path, "user.npy"), mmap_mode="r")
-        a, b = np.searchsorted(user, [lo, hi])
+      for path, from_test, shift in self._runs:
+        block = np.load(os.path.join(path, "block.npy"), mmap_mode="r")
+        a, b = np.searchsorted(block, [lo >> shift, hi >> shift]) if (lo >> shift) < 1 << 16 else (len(block),) * 2
         if b > a:
           pieces.append((path, from_test, a, b))
       if not pieces:  # only users whose every row was dropped
@@ -102,7 +109,7 @@ class Runs:
       load = lambda name: np.concatenate([np.load(os.path.join(p, f"{name}.npy"), mmap_mode="r")[a:b]
                                           for p, _, a, b in pieces])
       user, time = load("user"), load("time")
-      order = np.lexsort((time, user))  # pieces are in file order, so stable ties still keep it
+      order = user_time_order(user, time, lo, hi)
       from_test = np.concatenate([np.full(b - a, t) for _, t, a, b in pieces])
       yield (lo, hi), Part(user=user[order], time=time[order], values={c: load(c)[order] for c in self.columns},
                            from_test=from_test[order])
@@ -113,3 +120,20 @@ class Runs:
 
   def close(self) -> None:
     shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def user_time_order(user: np.ndarray, time: np.ndarray, lo: int, hi: int) -> np.ndarray:
+  """The stable sort by (user, time) of rows whose users lie in [lo, hi): one sort of a packed int64 key
+  (user, time / its common step, row) when it fits in 63 bits (times of second or millisecond resolution
+  usually do), otherwise np.lexsort."""
+  n = len(user)
+  if n == 0:
+    return np.zeros(0, np.int64)
+  rel = time - time.min()
+  step = int(np.gcd.reduce(rel)) or 1
+  rel //= step
+  user_bits, time_bits, row_bits = (hi - lo - 1).bit_length(), int(rel.max()).bit_length(), (n - 1).bit_length()
+  if user_bits + time_bits + row_bits > 63:
+    return np.lexsort((time, user))
+  key = (((user.astype(np.int64) - lo) << time_bits | rel) << row_bits) | np.arange(n)
+  return np.argsort(key)  # unique keys: any sort is stable

@@ -69,7 +69,14 @@ def parse_time(arr: pa.Array, unit: str, path: str, row0: int, col: str) -> tupl
     ok = ~missing
     numbers(ok, arr.filter(pa.array(ok)))
     return ns, missing
-  s = pc.utf8_trim_whitespace(as_strings(arr, path, row0, col))
+  s = as_strings(arr, path, row0, col)
+  if s.null_count == 0 and pc.all(pc.ascii_is_decimal(s)).as_py():  # the common case: unsigned integers only
+    try:
+      numbers(~missing, pc.cast(s, pa.int64()))
+      return ns, missing
+    except pa.ArrowInvalid:  # out of int64: the general path names the row
+      pass
+  s = pc.utf8_trim_whitespace(s)
   missing |= pc.is_in(s, value_set=pa.array(MISSING)).to_numpy(zero_copy_only=False)
   is_int = pc.match_substring_regex(s, _INT_RE).to_numpy(zero_copy_only=False) & ~missing
   is_float = pc.match_substring_regex(s, _FLOAT_RE).to_numpy(zero_copy_only=False) & ~missing & ~is_int
