@@ -93,7 +93,7 @@ def main():
     with open(os.path.join(out_dir, "schema.json")) as fh:
       meta = json.load(fh)
     result = {
-        "events": args.events, "users": users, "csv_bytes": os.path.getsize(csv_path),
+        "engine": "local", "events": args.events, "users": users, "csv_bytes": os.path.getsize(csv_path),
         "generate_seconds": round(gen_seconds, 2), "wall_seconds": round(wall, 2),
         "events_per_sec": round(args.events / wall),
         "read_encode_seconds": round(write_start - start, 2) if write_start else None,

@@ -12,8 +12,11 @@ none (gpt_ads.data.ingest.read). --vocab_from=DIR reuses the vocabularies of the
 know are OOV, or fall in DIR's hash buckets where it hashed the feature.
 
 One input row is one event. Files are streamed in batches (pyarrow), each batch encoded at once into int arrays
-(user code, int64 time, one value code per feature), so memory is O(events). Values are exact strings ("007"
-stays "007"). Each user's events are sorted by time, stably (ties keep file order, files in the order given).
+(user code, int64 time, one value code per feature) and spilled to sorted runs in a temporary directory next to
+--output (an external sort, gpt_ads.data.ingest.spill), so memory is bounded by PrepareOptions.spill_events
+(8M events, about 0.5 GB) plus the distinct user ids and values, not by the log. Values are exact strings
+("007" stays "007"). Each user's events are sorted by time, stably (ties keep file order, files in the order
+given). Records are written in order of each user's first appearance in the files.
 
 Splits: a user goes to test / validation / train by u = blake2b-64(f"{split_seed}:{user_id}") / 2**64:
 u < test_fraction -> test, u < test_fraction + val_fraction -> validation, else train (`user_split`). With

@@ -6,6 +6,7 @@ One job per module, in pipeline order:
   read        files: format and delimiter, header / column checks, record batches, columns as exact strings.
   timestamps  time columns -> int64 ns (UTC); the features derived from sorted times (--derive_time).
   events      the read batches encoded into int arrays (user code, time, one value code per feature).
+  spill       the external sort: encoded events as sorted runs on disk, read back by range of users.
   clean       the drop rules of the bad-input POLICY: sort per user, duplicates, --min_events, test users.
   vocab       value codes -> ids: vocabularies from training events, hash buckets (stable_hash).
   labels      per-user label CSVs (--labels).
