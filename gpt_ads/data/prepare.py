@@ -14,7 +14,7 @@ know are OOV, or fall in DIR's hash buckets where it hashed the feature.
 One input row is one event. Files are streamed in batches (pyarrow), each batch encoded at once into int arrays
 (user code, int64 time, one value code per feature) and spilled to sorted runs in a temporary directory next to
 --output (an external sort, gpt_ads.data.ingest.spill), so memory is bounded by PrepareOptions.spill_events
-(8M events, about 0.5 GB) plus the distinct user ids and values, not by the log. Values are exact strings
+(2M events) plus the distinct user ids and values, not by the log. Values are exact strings
 ("007" stays "007"). Each user's events are sorted by time, stably (ties keep file order, files in the order
 given). Records are written in order of each user's first appearance in the files.
 

@@ -57,6 +57,10 @@ class Encoder:
       self._values = self._known.to_pylist()
     return self._values
 
+  def slice(self, lo: int, hi: int) -> list[str]:
+    """The values of codes [lo, hi) (without building the list of every value)."""
+    return self._known.slice(lo, max(min(hi, len(self._known)) - lo, 0)).to_pylist()
+
   @property
   def codes(self) -> dict[str, int]:
     """{value: code}."""

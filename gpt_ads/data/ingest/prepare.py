@@ -92,11 +92,12 @@ class _Kept:
     self.users, self.events = dict.fromkeys(store.SPLITS, 0), dict.fromkeys(store.SPLITS, 0)
     self.counts = {c: np.zeros(len(ev.encoders[c]), np.int64) for c in o.features}
 
-  def add(self, part: Part, index: int) -> None:
-    o, names = self.o, self.ev.users.values
+  def add(self, part: Part, lo: int, hi: int) -> None:
+    """Adds the cleaned users of code range [lo, hi)."""
+    o, index, names = self.o, len(self.paths), self.ev.users.slice(lo, hi)
     starts, lengths = segments(part.user)  # [users]
     split = np.array([
-        "test" if self.ev.in_test[u] else user_split(names[u], seed=o.split_seed, val_fraction=o.val_fraction,
+        "test" if self.ev.in_test[u] else user_split(names[u - lo], seed=o.split_seed, val_fraction=o.val_fraction,
                                                      test_fraction=0.0 if o.test_input else o.test_fraction)
         for u in part.user[starts]], dtype="<U10")  # a loop per user
     for s in store.SPLITS:
@@ -109,7 +110,7 @@ class _Kept:
     path = os.path.join(self.ev.runs.dir, f"kept-{index:05d}.npz")
     np.savez(path, user=part.user, time=part.time, split=split, starts=starts, lengths=lengths,
              **{f"value:{c}": v for c, v in part.values.items()})
-    self.paths.append(path)
+    self.paths.append((path, lo, hi))
 
   def check(self, stats: dict) -> None:
     """An error when no events are left or a split has no users."""
@@ -149,8 +150,9 @@ def _write_records(writer: store.Writer, ev: Events, kept: _Kept, luts: dict[str
                    label_values: dict[str, np.ndarray], o: PrepareOptions, stats: dict,
                    log: Callable[[str], None]) -> None:
   """Pass 3: each kept user's record, in user-code order, to its split."""
-  names, start, done = ev.users.values, time_lib.time(), 0
-  for path in kept.paths:
+  start, done = time_lib.time(), 0
+  for path, lo, hi in kept.paths:
+    names = ev.users.slice(lo, hi)
     with np.load(path) as z:
       part = {k: z[k] for k in z.files}
     starts, lengths, split = part["starts"], part["lengths"], part["split"]
@@ -168,7 +170,7 @@ def _write_records(writer: store.Writer, ev: Events, kept: _Kept, luts: dict[str
       of_split = split == s
       rows = np.repeat(of_split, lengths)
       labels = {name: v[users[of_split]] for name, v in label_values.items()} if label_specs else None
-      writer.add_users(s, [names[u] for u in users[of_split].tolist()], lengths[of_split],
+      writer.add_users(s, [names[u - lo] for u in users[of_split].tolist()], lengths[of_split],
                        {f: v[rows] for f, v in ids.items()}, labels)
     done += int(lengths.sum())
     log(f"written {done:,} events ({done / max(time_lib.time() - start, 1e-9):,.0f} events/s)")
@@ -196,8 +198,8 @@ def prepare(options: PrepareOptions, *, log: Callable[[str], None] = lambda line
   try:
     ev = read_events(o, stats, log, runs)
     kept = _Kept(ev, o)
-    for i, (_, part) in enumerate(runs.partitions()):
-      kept.add(clean(part, ev.in_test, o, stats), i)
+    for (lo, hi), part in runs.partitions():
+      kept.add(clean(part, ev.in_test, o, stats), lo, hi)
     kept.check(stats)
     log(f"sorted and cleaned {runs.events:,} events in {len(kept.paths)} range(s) of users "
         f"({time_lib.time() - start:.1f}s)")
