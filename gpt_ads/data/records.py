@@ -13,8 +13,6 @@ machine and engine (the local and the Beam preparation write identical files).
 
 from __future__ import annotations
 
-import struct
-
 import numpy as np
 
 LABEL_PREFIX = "labels/"
@@ -57,19 +55,9 @@ class Encoder:
     return head
 
   def encode(self, user_id: str, ids: dict, labels: dict | None = None) -> bytes:
-    """Example bytes of one user: `ids` {feature: int32 [n]} (C-contiguous little-endian), `labels` {name: float}."""
-    parts = []
-    for key, name, kind in self._entries:
-      if kind == "user":
-        value = user_id.encode("utf-8")
-        parts += (self._head(key, len(value), b"\x0a"), value)
-      elif kind == "label":
-        parts += (self._head(key, 4, b"\x12"), struct.pack("<f", labels[name]))
-      else:
-        value = memoryview(ids[name]).cast("B")
-        parts += (self._head(key, value.nbytes, b"\x0a"), value)
-    body = b"".join(parts)
-    return _field(len(body)) + body
+    """Example bytes of one user: `ids` {feature: int32 [n]}, `labels` {name: float}."""
+    n = next((len(ids[name]) for _, name, kind in self._entries if kind == "ids"), 0)
+    return next(self.encode_users([user_id], [n], ids, {k: [v] for k, v in (labels or {}).items()}))
 
   def encode_users(self, user_ids, lengths: np.ndarray, ids: dict, labels: dict | None = None):
     """Yields the Example bytes of many users: user k has the next lengths[k] events of every `ids` {feature:
