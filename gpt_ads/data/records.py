@@ -54,6 +54,14 @@ class Encoder:
       self._heads[(key, size)] = head
     return head
 
+  def size(self, events: int, user_id_bytes: int) -> int:
+    """The length of `encode`'s bytes for a user of `events` events whose id is `user_id_bytes` UTF-8 bytes."""
+    body = 0
+    for key, _, kind in self._entries:
+      size = 4 * events if kind == "ids" else 4 if kind == "label" else user_id_bytes
+      body += len(self._head(key, size, b"\x12" if kind == "label" else b"\x0a")) + size
+    return len(_field(body)) + body
+
   def encode(self, user_id: str, ids: dict, labels: dict | None = None) -> bytes:
     """Example bytes of one user: `ids` {feature: int32 [n]}, `labels` {name: float}."""
     n = next((len(ids[name]) for _, name, kind in self._entries if kind == "ids"), 0)

@@ -21,6 +21,8 @@ failed or interrupted run never leaves a half-written data set behind.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import contextlib
 import dataclasses
 import io
@@ -142,14 +144,45 @@ class _SplitCounter:
         self.counts[name] += np.bincount(ids, minlength=v)
 
 
+class _SplitFiles:
+  """One split's ArrayRecord files, written on the writer thread: the shards of a plan (`ends`: the end record
+  of each shard) one after the other, or (ends None) one file, `path(split, 0, 1)`, cut into shards later."""
+
+  def __init__(self, path: Callable[[str, int, int], str], split: str, ends: list[int] | None):
+    self._path, self.split, self.ends = path, split, ends
+    self.written, self._shard, self._writer = 0, 0, None
+
+  def write(self, blobs: list[bytes]) -> None:
+    from array_record.python import array_record_module
+    for data in blobs:
+      if self._writer is None or (self.ends and self.written == self.ends[self._shard]):
+        if self._writer is not None:
+          self._writer.close()
+          self._shard += 1
+        num = len(self.ends) if self.ends else 1
+        if self._shard >= num:
+          raise ValueError(f"split {self.split!r}: more records than the writer's sizes said ({self.ends[-1]})")
+        self._writer = array_record_module.ArrayRecordWriter(self._path(self.split, self._shard, num),
+                                                             WRITER_OPTIONS)
+      self._writer.write(data)
+      self.written += 1
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+      self._writer = None
+
+
 class Writer:
   """Streams user records into a new prepared data set: `add(split, record)` in any split order, then `finish`.
 
   Everything goes to a temporary sibling of `out_dir`, renamed onto it by `finish`; `abort` (or an exception
   inside `with Writer(...)`) removes it, so a failed run leaves nothing behind. Records keep the order they were
-  added in, per split. Each split is streamed into one ArrayRecord file (WRITER_OPTIONS), then cut into
-  `num_shards` files (0 = TFDS's rule from the data size: files of 64 MiB to 1 GiB) with TFDS's shard
-  boundaries; the TFDS metadata (dataset_info.json, features.json) is written by
+  added in, per split, in `num_shards` ArrayRecord files (WRITER_OPTIONS; 0 = TFDS's rule from the data
+  size: files of 64 MiB to 1 GiB) with TFDS's shard boundaries. With `sizes` (each split's records and
+  serialized bytes, known up front: `records.Encoder.size`) records go straight into their shard files;
+  otherwise each split is streamed into one file, cut into shards at the end. A background thread compresses
+  and writes (ArrayRecord releases the GIL) while the caller encodes the next records. The TFDS metadata (dataset_info.json, features.json) is written by
   `tfds.folder_dataset.write_metadata`, so `tfds.data_source` and `builder_from_directory` read the data set.
 
   Args:
@@ -159,11 +192,12 @@ class Writer:
     splits: the splits the data set has ("train" among them).
     overwrite: replace an existing data set at `out_dir` (otherwise that is an error).
     num_shards: ArrayRecord files per split (hosts reading disjoint files: `SplitSource.input_shard_keys`).
+    sizes: {split: (records, serialized bytes)} when the caller knows them (the same files, written once).
   """
 
   def __init__(self, out_dir: str, *, features: list[dict], labels: dict | None = None,
-               splits: Iterable[str] = SPLITS, overwrite: bool = False, num_shards: int = 0):
-    from array_record.python import array_record_module
+               splits: Iterable[str] = SPLITS, overwrite: bool = False, num_shards: int = 0,
+               sizes: dict[str, tuple[int, int]] | None = None):
     self.out_dir = os.path.abspath(out_dir)
     splits = tuple(splits)
     unknown = sorted(set(splits) - set(SPLITS))
@@ -187,13 +221,30 @@ class Writer:
     os.chmod(self._tmp, 0o777 & ~umask)  # mkdtemp makes it private; the data set is as readable as any new one
     self._data_dir = os.path.join(self._tmp, "tfds", TFDS_NAME, TFDS_VERSION)
     os.makedirs(self._data_dir)
-    self._files = {s: self._path(s, "stream") for s in splits}
-    self._writers = {s: array_record_module.ArrayRecordWriter(p, WRITER_OPTIONS) for s, p in self._files.items()}
     self._bytes = dict.fromkeys(splits, 0)
+    self._files = {s: _SplitFiles(self._path, s, self._shard_ends(s, *sizes[s]) if sizes else None)
+                   for s in splits}
+    self._buffers: dict[str, list[bytes]] = {s: [] for s in splits}
+    self._pool = concurrent.futures.ThreadPoolExecutor(1)  # one thread: writes keep their order
+    self._pending: collections.deque = collections.deque()
 
-  def _path(self, split: str, shard: int | str, num_shards: int = 0) -> str:
-    suffix = f"{shard:05d}-of-{num_shards:05d}" if num_shards else shard
-    return os.path.join(self._data_dir, f"{TFDS_NAME}-{split}.array_record-{suffix}")
+  def _shard_ends(self, split: str, users: int, size: int) -> list[int]:
+    """The end record of each shard file of `split` (TFDS's boundaries and, for num_shards=0, its rule)."""
+    shard_utils = _tfds().core.utils.shard_utils
+    num = self.num_shards or shard_utils.ShardConfig.calculate_number_shards(size, users)
+    if users < num:
+      raise ValueError(f"--num_shards={num}: split {split!r} has {users} users; every split needs at least as many "
+                       "users as files, so give a smaller --num_shards (or 0: from the data size)")
+    return list(shard_utils.get_shard_boundaries(users, num))
+
+  def _submit(self, split: str, blobs: list[bytes]) -> None:
+    """Hands encoded records to the writer thread (at most two batches in flight)."""
+    self._pending.append(self._pool.submit(self._files[split].write, blobs))
+    while len(self._pending) > 2:
+      self._pending.popleft().result()
+
+  def _path(self, split: str, shard: int, num_shards: int) -> str:
+    return os.path.join(self._data_dir, f"{TFDS_NAME}-{split}.array_record-{shard:05d}-of-{num_shards:05d}")
 
   def __enter__(self) -> "Writer":
     return self
@@ -209,8 +260,12 @@ class Writer:
       raise ValueError(f"split {split!r} is not among this writer's splits {tuple(self._counters)}")
     r = counter.check(record)
     data = self._encoder.encode(r["user_id"], r, r.get("labels"))
-    self._writers[split].write(data)
     self._bytes[split] += len(data)
+    buffer = self._buffers[split]
+    buffer.append(data)
+    if len(buffer) >= 1024:
+      self._submit(split, buffer)
+      self._buffers[split] = []
 
   def add_users(self, split: str, user_ids, lengths: np.ndarray, ids: dict, labels: dict | None = None) -> None:
     """Appends many users to `split` at once (checked vectorized): user k has the next lengths[k] events of
@@ -222,55 +277,64 @@ class Writer:
     if counter.label_names:
       labels = {k: np.asarray((labels or {}).get(k, np.full(len(lengths), np.nan)), np.float32)
                 for k in counter.label_names}
-    writer, total = self._writers[split], 0
-    for data in self._encoder.encode_users(user_ids, lengths, ids, labels):
-      writer.write(data)
-      total += len(data)
-    self._bytes[split] += total
+    if self._buffers[split]:
+      self._submit(split, self._buffers[split])
+      self._buffers[split] = []
+    blobs = list(self._encoder.encode_users(user_ids, lengths, ids, labels))
+    self._bytes[split] += sum(map(len, blobs))
+    self._submit(split, blobs)
+
+  def _drain(self) -> None:
+    """Waits for the writer thread; raises what it raised."""
+    for s, buffer in self._buffers.items():
+      if buffer:
+        self._submit(s, buffer)
+        self._buffers[s] = []
+    while self._pending:
+      self._pending.popleft().result()
+    self._pool.shutdown()
 
   def abort(self) -> None:
-    for w in self._writers.values():
-      w.close()
-    self._writers = {}
+    self._pool.shutdown(wait=True, cancel_futures=True)
+    for f in self._files.values():
+      f.close()
     shutil.rmtree(self._tmp, ignore_errors=True)
 
-  def _cut(self, split: str) -> "object":
-    """Cuts the split's stream file into its shard files; returns its tfds SplitInfo."""
+  def _split_info(self, split: str) -> "object":
+    """The split's shard files (cut from its stream file when there was no plan); its tfds SplitInfo."""
     from array_record.python import array_record_module
-    tfds, shard_utils = _tfds(), _tfds().core.utils.shard_utils
-    n = self._counters[split].users
-    num = self.num_shards or shard_utils.ShardConfig.calculate_number_shards(self._bytes[split], n)
-    if n < num:
-      raise ValueError(f"--num_shards={num}: split {split!r} has {n} users; every split needs at least as many "
-                       "users as files, so give a smaller --num_shards (or 0: from the data size)")
-    stream, ends = self._files[split], shard_utils.get_shard_boundaries(n, num)
-    if num == 1:
-      os.replace(stream, self._path(split, 0, 1))
+    files, n = self._files[split], self._counters[split].users
+    if files.ends is None:
+      ends, stream = self._shard_ends(split, n, self._bytes[split]), self._path(split, 0, 1)
+      if len(ends) > 1:
+        reader, start = array_record_module.ArrayRecordReader(stream, "readahead_buffer_size:16777216"), 0
+        for shard, end in enumerate(ends):
+          writer = array_record_module.ArrayRecordWriter(self._path(split, shard, len(ends)), WRITER_OPTIONS)
+          for a in range(start, end, 4096):
+            for data in reader.read(a, min(a + 4096, end)):
+              writer.write(data)
+          writer.close()
+          start = end
+        reader.close()
+        os.remove(stream)
+    elif files.written != files.ends[-1] or n != files.ends[-1]:
+      raise ValueError(f"split {split!r}: {n} records written where the writer's sizes said {files.ends[-1]}")
     else:
-      reader, start = array_record_module.ArrayRecordReader(stream, "readahead_buffer_size:16777216"), 0
-      for shard, end in enumerate(ends):
-        writer = array_record_module.ArrayRecordWriter(self._path(split, shard, num), WRITER_OPTIONS)
-        for a in range(start, end, 4096):
-          for data in reader.read(a, min(a + 4096, end)):
-            writer.write(data)
-        writer.close()
-        start = end
-      reader.close()
-      os.remove(stream)
+      ends = files.ends
     lengths = np.diff([0, *ends]).tolist()
-    return tfds.core.SplitInfo(name=split, shard_lengths=lengths, num_bytes=sum(
-        os.path.getsize(self._path(split, i, num)) for i in range(num)))
+    return _tfds().core.SplitInfo(name=split, shard_lengths=lengths, num_bytes=sum(
+        os.path.getsize(self._path(split, i, len(ends))) for i in range(len(ends))))
 
   def finish(self, *, stats: dict | None = None, source: dict | None = None) -> dict:
     """Writes the metadata and renames the data set onto `out_dir`; returns its schema.json contents."""
     try:
+      self._drain()
       for s, c in self._counters.items():
         c.flush()
-        self._writers[s].close()
+        self._files[s].close()
         if c.users == 0:
           raise ValueError(f"split {s!r} has no users; give it more input (or a larger fraction of the users)")
-      self._writers = {}
-      split_infos = [self._cut(s) for s in self._counters]
+      split_infos = [self._split_info(s) for s in self._counters]
       with _quiet_tfds():
         _tfds().folder_dataset.write_metadata(
             data_dir=self._data_dir, features=tfds_features([f["name"] for f in self.features], tuple(self.labels)),

@@ -34,3 +34,11 @@ def test_without_labels_and_with_an_empty_user_id():
   ids = {"item": np.arange(2, 7, dtype=np.int32)}
   expected = serializer.get_tf_example(feats.encode_example({"user_id": "", **ids}))
   assert records.Encoder(["item"]).encode("", ids) == expected.SerializeToString(deterministic=True)
+
+
+def test_size_is_the_length_of_the_encoding():
+  encoder = records.Encoder(["a", "b"], ("y",))
+  for n in (1, 31, 32, 1000, 40_000):
+    for user in ("", "u1", "ü" * 100):
+      ids = {"a": np.ones(n, np.int32), "b": np.zeros(n, np.int32)}
+      assert encoder.size(n, len(user.encode())) == len(encoder.encode(user, ids, {"y": 1.0}))

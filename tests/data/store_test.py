@@ -168,3 +168,27 @@ def test_sharded_output_each_process_reads_its_own_files(tmp_path):
     assert p.returncode == 0, err[-2000:]
     read.append(json.loads(out.strip().splitlines()[-1]))
   assert read == [[files[0], files[2]], [files[1], files[3]]]
+
+
+@pytest.mark.parametrize("num_shards", [1, 3])
+def test_known_sizes_write_the_same_files_as_the_cut_stream(tmp_path, num_shards):
+  """With `sizes` the records go straight into their shards; without, one stream file is cut at the end."""
+  from gpt_ads.data import records
+  users = _users(30, 0)
+  encoder = records.Encoder([f["name"] for f in FEATURES], ("y",))
+  sizes = {"train": (30, sum(encoder.size(len(u["item"]), len(u["user_id"].encode())) for u in users))}
+
+  def files(name, **kw):
+    with store.Writer(str(tmp_path / name), features=FEATURES, labels={"y": {"kind": "numeric"}},
+                      splits=("train",), num_shards=num_shards, **kw) as w:
+      for u in users:
+        w.add("train", u)
+      meta = w.finish()
+    d = tmp_path / name / meta["tfds_dir"]
+    return {p.name: p.read_bytes() for p in d.iterdir() if ".array_record-" in p.name}
+
+  cut, planned = files("cut"), files("planned", sizes=sizes)
+  assert cut == planned and len(cut) == num_shards
+  with pytest.raises(ValueError, match="sizes said"):
+    files("wrong", sizes={"train": (31, sizes["train"][1])})
+  assert not (tmp_path / "wrong").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -8,6 +8,7 @@ u < val_fraction picks validation among the --input users.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import time as time_lib
@@ -16,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from gpt_ads import features as features_lib
-from gpt_ads.data import store
+from gpt_ads.data import records, store
 from gpt_ads.data.ingest.clean import POLICY, clean, segments
 from gpt_ads.data.ingest.events import Events, read_events
 from gpt_ads.data.ingest.labels import read_labels
@@ -84,13 +85,15 @@ class _Kept:
   """The cleaned ranges of users (pass 2), saved next to the runs: each user's split, the training value counts.
 
   Attributes:
-    users, events: {split: count}; counts: {column: int64 [value codes]} over training events.
+    users, events: {split: count}; counts: {column: int64 [value codes]} over training events;
+    shapes: {(split, events, user id bytes): users} (what the records' sizes are computed from: `sizes`).
   """
 
   def __init__(self, ev: Events, o: PrepareOptions):
     self.ev, self.o, self.paths = ev, o, []
     self.users, self.events = dict.fromkeys(store.SPLITS, 0), dict.fromkeys(store.SPLITS, 0)
     self.counts = {c: np.zeros(len(ev.encoders[c]), np.int64) for c in o.features}
+    self.shapes: collections.Counter = collections.Counter()
 
   def add(self, part: Part, lo: int, hi: int) -> None:
     """Adds the cleaned users of code range [lo, hi)."""
@@ -100,6 +103,8 @@ class _Kept:
         "test" if self.ev.in_test[u] else user_split(names[u - lo], seed=o.split_seed, val_fraction=o.val_fraction,
                                                      test_fraction=0.0 if o.test_input else o.test_fraction)
         for u in part.user[starts]], dtype="<U10")  # a loop per user
+    id_bytes = [len(names[u - lo].encode("utf-8")) for u in part.user[starts].tolist()]  # a loop per user
+    self.shapes.update(zip(split.tolist(), lengths.tolist(), id_bytes))
     for s in store.SPLITS:
       self.users[s] += int((split == s).sum())
       self.events[s] += int(lengths[split == s].sum())
@@ -111,6 +116,14 @@ class _Kept:
     np.savez(path, user=part.user, time=part.time, split=split, starts=starts, lengths=lengths,
              **{f"value:{c}": v for c, v in part.values.items()})
     self.paths.append((path, lo, hi))
+
+  def sizes(self, feature_names: list[str], label_names) -> dict[str, tuple[int, int]]:
+    """{split: (users, bytes of their encoded records)} (store.Writer's `sizes`)."""
+    encoder, out = records.Encoder(feature_names, label_names), {s: [0, 0] for s in store.SPLITS}
+    for (s, events, id_bytes), users in self.shapes.items():
+      out[s][0] += users
+      out[s][1] += users * encoder.size(events, id_bytes)
+    return {s: (users, size) for s, (users, size) in out.items()}
 
   def check(self, stats: dict) -> None:
     """An error when no events are left or a split has no users."""
@@ -213,8 +226,9 @@ def prepare(options: PrepareOptions, *, log: Callable[[str], None] = lambda line
               "labels": [os.path.abspath(p) for p in o.labels], "user_col": o.user_col, "time_col": o.time_col,
               "flags": dataclasses.asdict(o), **(extra_source or {})}
     log(f"writing {out} ...")
+    sizes = kept.sizes([f["name"] for f in feats], tuple(label_specs))
     with store.Writer(o.output, features=feats, labels=label_specs, overwrite=o.overwrite,
-                      num_shards=o.num_shards) as writer:
+                      num_shards=o.num_shards, sizes=sizes) as writer:
       _write_records(writer, ev, kept, luts, label_specs, label_values, o, stats, log)
       meta = writer.finish(stats=stats, source=source)
   finally:
