@@ -113,35 +113,33 @@ class _SplitCounter:
     lengths = np.asarray(lengths)
     if len(user_ids) != len(lengths) or (lengths < 1).any():
       raise ValueError(f"split {self.split!r}: one length >= 1 per user is needed")
-    for f in self.features:
-      name, v = f["name"], f["vocab_size"]
+    for name in self._names:
       x = ids.get(name)
       if x is None or x.ndim != 1 or x.dtype.kind not in "iu" or len(x) != lengths.sum():
         raise ValueError(f"split {self.split!r}, feature {name!r}: ids must be a 1-D integer array of "
                          f"{lengths.sum()} events (the users' lengths summed)")
+    self._check_ids(user_ids, lengths, ids)
+    self.users += len(lengths)
+    self.events += int(lengths.sum())
+    self.max_events = max(self.max_events, int(lengths.max(initial=0)))
+
+  def flush(self) -> None:
+    """Checks and counts the ids of the records `check` has gathered."""
+    pending, self._pending = self._pending, []
+    if pending:
+      self._check_ids([r["user_id"] for r in pending], np.array([len(r[self._names[0]]) for r in pending]),
+                      {name: np.concatenate([r[name] for r in pending]) for name in self._names})
+
+  def _check_ids(self, user_ids, lengths: np.ndarray, ids: dict) -> None:
+    """Every id in [OOV_ID, vocab_size) (else an error naming the user); train: adds the value counts."""
+    for f in self.features:
+      name, v, x = f["name"], f["vocab_size"], ids[f["name"]]
       if len(x) and (x.min() < features_lib.OOV_ID or x.max() >= v):
         k = np.searchsorted(np.cumsum(lengths), np.flatnonzero((x < features_lib.OOV_ID) | (x >= v))[0], "right")
         raise ValueError(f"{self._where(user_ids[k])}, feature {name!r}: ids must lie in "
                          f"[{features_lib.OOV_ID}, {v})")
       if self.split == "train":
         self.counts[name] += np.bincount(x, minlength=v)
-    self.users += len(lengths)
-    self.events += int(lengths.sum())
-    self.max_events = max(self.max_events, int(lengths.max(initial=0)))
-
-  def flush(self) -> None:
-    pending, self._pending = self._pending, []
-    if not pending:
-      return
-    for f in self.features:
-      name, v = f["name"], f["vocab_size"]
-      ids = np.concatenate([r[name] for r in pending])
-      if ids.min() < features_lib.OOV_ID or ids.max() >= v:
-        bad = next(r for r in pending if r[name].min() < features_lib.OOV_ID or r[name].max() >= v)
-        raise ValueError(f"{self._where(bad['user_id'])}, feature {name!r}: ids must lie in "
-                         f"[{features_lib.OOV_ID}, {v}), got [{bad[name].min()}, {bad[name].max()}]")
-      if self.split == "train":
-        self.counts[name] += np.bincount(ids, minlength=v)
 
 
 class _SplitFiles:
