@@ -99,11 +99,12 @@ class _Kept:
     """Adds the cleaned users of code range [lo, hi)."""
     o, index, names = self.o, len(self.paths), self.ev.users.slice(lo, hi)
     starts, lengths = segments(part.user)  # [users]
+    codes = part.user[starts].tolist()
     split = np.array([
         "test" if self.ev.in_test[u] else user_split(names[u - lo], seed=o.split_seed, val_fraction=o.val_fraction,
                                                      test_fraction=0.0 if o.test_input else o.test_fraction)
-        for u in part.user[starts]], dtype="<U10")  # a loop per user
-    id_bytes = [len(names[u - lo].encode("utf-8")) for u in part.user[starts].tolist()]  # a loop per user
+        for u in codes], dtype="<U10")  # a loop per user
+    id_bytes = [len(names[u - lo].encode("utf-8")) for u in codes]
     self.shapes.update(zip(split.tolist(), lengths.tolist(), id_bytes))
     for s in store.SPLITS:
       self.users[s] += int((split == s).sum())
