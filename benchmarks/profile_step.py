@@ -15,14 +15,17 @@ import argparse
 import collections
 import glob
 import gzip
+import importlib.util
 import json
 import os
 import re
-import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import throughput  # noqa: E402  (the same step and config)
+# benchmarks/throughput.py, loaded by path: the same step and config.
+_SPEC = importlib.util.spec_from_file_location(
+    "throughput", os.path.join(os.path.dirname(os.path.abspath(__file__)), "throughput.py"))
+throughput = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(throughput)
 
 _MOVES = {"copy", "transpose", "concatenate", "bitcast", "dynamic-update-slice", "dynamic-slice", "slice", "pad",
           "reshape", "broadcast", "tuple", "get-tuple-element", "parameter", "constant"}

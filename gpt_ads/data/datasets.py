@@ -28,7 +28,7 @@ import numpy as np
 from absl import logging
 
 from gpt_ads import features as features_lib
-from gpt_ads.data import store, synthetic
+from gpt_ads.data import store, synthetic, writer
 
 _DATA_KEYS = ("vocab_size",)  # what the data set decides
 _LOSS = "loss"  # the data set's by default; a config entry may choose another (exact vs sampled)
@@ -149,7 +149,7 @@ def generated(config, workdir: str) -> tuple[store.Prepared, dict]:
   users = {split: process.sample(n, seed=seed + i) for i, (split, n) in enumerate(sizes.items())}
   references = json.loads(json.dumps(synthetic.reference_losses(process, users["train"], users["test"]),
                                      default=float))
-  store.write(path, features=[{"name": f.name, "vocab_size": f.vocab_size, "loss": f.loss,
+  writer.write(path, features=[{"name": f.name, "vocab_size": f.vocab_size, "loss": f.loss,
                                "vocabulary": {"kind": "generated"}, "source": "gpt_ads.data.synthetic"}
                               for f in schema],
               splits={split: (lambda u=u, split=split: _records(u, schema.names, split))

@@ -33,7 +33,7 @@ import numpy as np
 
 from gpt_ads import features as features_lib
 from gpt_ads.data import prepare as prepare_lib
-from gpt_ads.data import store
+from gpt_ads.data import store, writer
 
 DATASETS = ("ml-100k", "ml-1m")
 # (lowest age, bucket name); the ml-1m codes 1, 18, 25, 35, 45, 50, 56 are these buckets' lower ends.
@@ -125,7 +125,7 @@ def _mapping(path: str) -> dict[int, str]:
 
 
 def build_ml1m(data_dir: str, output: str, *, overwrite: bool = False, log=lambda line: None) -> dict:
-  """ml-1m (SASRec form) with the leave-one-out splits, written with `store.write`; returns schema.json."""
+  """ml-1m (SASRec form) with the leave-one-out splits, written with `writer.write`; returns schema.json."""
   d = dataset_dir(data_dir, "ml-1m")
   seqs = ml1m_sequences(d)
   items = _mapping(os.path.join(d, "sas_to_original_items.txt"))
@@ -203,7 +203,7 @@ def build_ml1m(data_dir: str, output: str, *, overwrite: bool = False, log=lambd
                       "users.dat"],
             "user_id": "SASRec user id (line of train/input.txt); sas_to_original_users.txt maps it back"}
   log(f"writing {os.path.abspath(output)} ...")
-  return store.write(output, features=features, splits={s: records(s) for s in store.SPLITS}, labels=labels,
+  return writer.write(output, features=features, splits={s: records(s) for s in store.SPLITS}, labels=labels,
                      stats=stats, source=source, overwrite=overwrite)
 
 

@@ -2,13 +2,13 @@
 
 import numpy as np
 
-from gpt_ads.data import records, store
+from gpt_ads.data import records, writer
 
 
 def test_encode_is_tfds_serialization_byte_for_byte_and_decodes_back():
   import tensorflow_datasets as tfds
   names, labels = ["ad_id", "campaign", "time_gap"], ("is_bot", "conv")
-  feats = store.tfds_features(names, labels)
+  feats = writer.tfds_features(names, labels)
   serializer = tfds.core.example_serializer.ExampleSerializer(feats.get_serialized_info())
   encoder = records.Encoder(names, labels)
   rng = np.random.default_rng(0)
@@ -29,7 +29,7 @@ def test_encode_is_tfds_serialization_byte_for_byte_and_decodes_back():
 
 def test_without_labels_and_with_an_empty_user_id():
   import tensorflow_datasets as tfds
-  feats = store.tfds_features(["item"])
+  feats = writer.tfds_features(["item"])
   serializer = tfds.core.example_serializer.ExampleSerializer(feats.get_serialized_info())
   ids = {"item": np.arange(2, 7, dtype=np.int32)}
   expected = serializer.get_tf_example(feats.encode_example({"user_id": "", **ids}))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import subprocess_env, tiny_config
-from gpt_ads.data import datasets, pipeline, store
+from gpt_ads.data import datasets, pipeline, store, writer
 from gpt_ads.model import Model, ModelConfig
 from gpt_ads.model.model import dummy_batch
 from gpt_ads.objective import objective
@@ -33,7 +33,7 @@ def _users(n, seed):
 
 def test_write_then_read_back(tmp_path):
   splits = {"train": _users(40, 0), "validation": _users(5, 1), "test": _users(7, 2)}
-  meta = store.write(str(tmp_path / "ds"), features=FEATURES, splits={k: (lambda v=v: iter(v)) for k, v in
+  meta = writer.write(str(tmp_path / "ds"), features=FEATURES, splits={k: (lambda v=v: iter(v)) for k, v in
                                                                       splits.items()},
                      labels={"y": {"kind": "numeric"}}, stats={"note": 1})
   prepared = store.open_dir(str(tmp_path / "ds"))
@@ -66,14 +66,14 @@ def test_bad_records_leave_nothing_behind(tmp_path, bad, msg):
     yield from users
 
   with pytest.raises(ValueError, match=msg):
-    store.write(str(tmp_path / "ds"), features=FEATURES, splits={"train": gen, "validation": gen, "test": gen})
+    writer.write(str(tmp_path / "ds"), features=FEATURES, splits={"train": gen, "validation": gen, "test": gen})
   assert os.listdir(tmp_path) == []
 
 
 def test_existing_output_and_non_data_sets_are_errors(tmp_path):
   (tmp_path / "ds").mkdir()
   with pytest.raises(ValueError, match="already exists"):
-    store.write(str(tmp_path / "ds"), features=FEATURES, splits={"train": lambda: iter(_users(3, 0))})
+    writer.write(str(tmp_path / "ds"), features=FEATURES, splits={"train": lambda: iter(_users(3, 0))})
   with pytest.raises(ValueError, match="not a prepared data set"):
     store.open_dir(str(tmp_path / "ds"))
 
@@ -116,7 +116,7 @@ def test_generated_data_is_written_once_and_packed_users_stay_apart(tmp_path):
 def test_a_run_picks_features_loss_kinds_and_training_users(tmp_path):
   """config.data.features selects features, a config `loss` replaces the data set's, max_train_users cuts train."""
   splits = {"train": _users(40, 0), "validation": _users(5, 1), "test": _users(7, 2)}
-  store.write(str(tmp_path / "ds"), features=FEATURES, splits={k: (lambda v=v: iter(v)) for k, v in splits.items()},
+  writer.write(str(tmp_path / "ds"), features=FEATURES, splits={k: (lambda v=v: iter(v)) for k, v in splits.items()},
               labels={"y": {"kind": "numeric"}})
   c = tiny_config(**{"data.dir": str(tmp_path / "ds")})
   c.data.features = ("item",)
@@ -148,7 +148,7 @@ def test_sharded_output_each_process_reads_its_own_files(tmp_path):
   """num_shards=4: four ArrayRecord files per split; two processes (one input shard each) read disjoint files,
   two of them each; input shards that do not divide the files read every num_shards-th record instead."""
   splits = {"train": _users(80, 0), "validation": _users(8, 1), "test": _users(8, 2)}
-  store.write(str(tmp_path / "ds"), features=FEATURES, splits={k: (lambda v=v: iter(v)) for k, v in splits.items()},
+  writer.write(str(tmp_path / "ds"), features=FEATURES, splits={k: (lambda v=v: iter(v)) for k, v in splits.items()},
               num_shards=4)
   source = store.open_dir(str(tmp_path / "ds")).source("train")
   files = sorted({f for f, _, _ in source._shards})
@@ -179,7 +179,7 @@ def test_known_sizes_write_the_same_files_as_the_cut_stream(tmp_path, num_shards
   sizes = {"train": (30, sum(encoder.size(len(u["item"]), len(u["user_id"].encode())) for u in users))}
 
   def files(name, **kw):
-    with store.Writer(str(tmp_path / name), features=FEATURES, labels={"y": {"kind": "numeric"}},
+    with writer.Writer(str(tmp_path / name), features=FEATURES, labels={"y": {"kind": "numeric"}},
                       splits=("train",), num_shards=num_shards, **kw) as w:
       for u in users:
         w.add("train", u)

@@ -20,7 +20,7 @@ class PrepareOptions:
     hash_buckets: {column: N}: hash those columns into N buckets instead of building a vocabulary.
     min_events: users with fewer events are dropped. gap_buckets: buckets of the derived time_gap.
     batch_rows: rows per read batch (CSV: approximately, via the block size).
-    num_shards: ArrayRecord files per split (0 = from the data size; gpt_ads.data.store.write).
+    num_shards: ArrayRecord files per split (0 = from the data size; gpt_ads.data.writer.write).
     spill_events: events held in memory at once (a sorted run, a range of users: gpt_ads.data.ingest.spill);
       peak memory is about 0.3 GB per million of it, plus the vocabularies and user ids (no flag: a setting
       of the library; 2M measured fastest and smallest here, 0.62 GB peak at 5M events, 0.84 GB at 50M).

@@ -18,6 +18,7 @@ import numpy as np
 
 from gpt_ads import features as features_lib
 from gpt_ads.data import records, store
+from gpt_ads.data import writer as writer_lib
 from gpt_ads.data.ingest.clean import POLICY, clean, segments
 from gpt_ads.data.ingest.events import Events, read_events
 from gpt_ads.data.ingest.labels import read_labels
@@ -119,7 +120,7 @@ class _Kept:
     self.paths.append((path, lo, hi))
 
   def sizes(self, feature_names: list[str], label_names) -> dict[str, tuple[int, int]]:
-    """{split: (users, bytes of their encoded records)} (store.Writer's `sizes`)."""
+    """{split: (users, bytes of their encoded records)} (writer_lib.Writer's `sizes`)."""
     encoder, out = records.Encoder(feature_names, label_names), {s: [0, 0] for s in store.SPLITS}
     for (s, events, id_bytes), users in self.shapes.items():
       out[s][0] += users
@@ -160,7 +161,7 @@ def _features(ev: Events, kept: _Kept, o: PrepareOptions) -> tuple[list[dict], d
   return feats, luts
 
 
-def _write_records(writer: store.Writer, ev: Events, kept: _Kept, luts: dict[str, np.ndarray], label_specs: dict,
+def _write_records(out: writer_lib.Writer, ev: Events, kept: _Kept, luts: dict[str, np.ndarray], label_specs: dict,
                    label_values: dict[str, np.ndarray], o: PrepareOptions, stats: dict,
                    log: Callable[[str], None]) -> None:
   """Pass 3: each kept user's record, in user-code order, to its split."""
@@ -184,7 +185,7 @@ def _write_records(writer: store.Writer, ev: Events, kept: _Kept, luts: dict[str
       of_split = split == s
       rows = np.repeat(of_split, lengths)
       labels = {name: v[users[of_split]] for name, v in label_values.items()} if label_specs else None
-      writer.add_users(s, [names[u - lo] for u in users[of_split].tolist()], lengths[of_split],
+      out.add_users(s, [names[u - lo] for u in users[of_split].tolist()], lengths[of_split],
                        {f: v[rows] for f, v in ids.items()}, labels)
     done += int(lengths.sum())
     log(f"written {done:,} events ({done / max(time_lib.time() - start, 1e-9):,.0f} events/s)")
@@ -228,7 +229,7 @@ def prepare(options: PrepareOptions, *, log: Callable[[str], None] = lambda line
               "flags": dataclasses.asdict(o), **(extra_source or {})}
     log(f"writing {out} ...")
     sizes = kept.sizes([f["name"] for f in feats], tuple(label_specs))
-    with store.Writer(o.output, features=feats, labels=label_specs, overwrite=o.overwrite,
+    with writer_lib.Writer(o.output, features=feats, labels=label_specs, overwrite=o.overwrite,
                       num_shards=o.num_shards, sizes=sizes) as writer:
       _write_records(writer, ev, kept, luts, label_specs, label_values, o, stats, log)
       meta = writer.finish(stats=stats, source=source)
