@@ -22,8 +22,8 @@ class PrepareOptions:
     batch_rows: rows per read batch (CSV: approximately, via the block size).
     num_shards: ArrayRecord files per split (0 = from the data size; gpt_ads.data.writer.write).
     spill_events: events held in memory at once (a sorted run, a range of users: gpt_ads.data.ingest.spill);
-      peak memory is about 0.3 GB per million of it, plus the vocabularies and user ids (no flag: a setting
-      of the library; 2M measured fastest and smallest here, 0.62 GB peak at 5M events, 0.84 GB at 50M).
+      peak memory grows with it and with the distinct user ids and values (no flag: a setting of the library;
+      2M measured fastest and smallest here: peak RSS 644 MB at 5M events, 800 MB at 50M; 8M: 974 MB at 5M).
     vocab_from: a prepared data set whose vocabularies the --features reuse ("" = build them from the training
       events); see gpt_ads.data.ingest.vocab.
   """

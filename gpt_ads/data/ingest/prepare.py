@@ -100,12 +100,12 @@ class _Kept:
     """Adds the cleaned users of code range [lo, hi)."""
     o, index, names = self.o, len(self.paths), self.ev.users.slice(lo, hi)
     starts, lengths = segments(part.user)  # [users]
-    codes = part.user[starts].tolist()
+    user_codes = part.user[starts].tolist()
     split = np.array([
         "test" if self.ev.in_test[u] else user_split(names[u - lo], seed=o.split_seed, val_fraction=o.val_fraction,
                                                      test_fraction=0.0 if o.test_input else o.test_fraction)
-        for u in codes], dtype="<U10")  # a loop per user
-    id_bytes = [len(names[u - lo].encode("utf-8")) for u in codes]
+        for u in user_codes], dtype="<U10")  # a loop per user
+    id_bytes = [len(names[u - lo].encode("utf-8")) for u in user_codes]
     self.shapes.update(zip(split.tolist(), lengths.tolist(), id_bytes))
     for s in store.SPLITS:
       self.users[s] += int((split == s).sum())
@@ -186,7 +186,7 @@ def _write_records(out: writer_lib.Writer, ev: Events, kept: _Kept, luts: dict[s
       rows = np.repeat(of_split, lengths)
       labels = {name: v[users[of_split]] for name, v in label_values.items()} if label_specs else None
       out.add_users(s, [names[u - lo] for u in users[of_split].tolist()], lengths[of_split],
-                       {f: v[rows] for f, v in ids.items()}, labels)
+                    {f: v[rows] for f, v in ids.items()}, labels)
     done += int(lengths.sum())
     log(f"written {done:,} events ({done / max(time_lib.time() - start, 1e-9):,.0f} events/s)")
 
@@ -230,7 +230,7 @@ def prepare(options: PrepareOptions, *, log: Callable[[str], None] = lambda line
     log(f"writing {out} ...")
     sizes = kept.sizes([f["name"] for f in feats], tuple(label_specs))
     with writer_lib.Writer(o.output, features=feats, labels=label_specs, overwrite=o.overwrite,
-                      num_shards=o.num_shards, sizes=sizes) as writer:
+                           num_shards=o.num_shards, sizes=sizes) as writer:
       _write_records(writer, ev, kept, luts, label_specs, label_values, o, stats, log)
       meta = writer.finish(stats=stats, source=source)
   finally:

@@ -3,8 +3,9 @@
 Memory is bounded by `PrepareOptions.spill_events` (events held at once), not by the log: read batches are
 gathered into a run of up to that many events, grouped by block of user codes (code >> shift, at most 2**16
 blocks per run: a stable radix sort, so file order within a block) and written to a temporary directory as one
-.npy file per column. `Runs.partitions` then cuts the user codes into ranges of at most that many events (a
-user with more is a range of its own; boundaries on every run's blocks) and, for each range, reads its slice
+.npy file per column. `Runs.partitions` then cuts the user codes into ranges of at most that many events (one
+block of users at least, so a block whose users have more events is a range of its own; boundaries on every
+run's blocks) and, for each range, reads its slice
 of every run (memory-mapped and contiguous) and sorts it by (user, time); runs come in file order and each
 keeps file order, so ties in time still keep file order.
 
