@@ -7,6 +7,10 @@ in random time order over 30 days, ad_id Zipf(1.05) over 1M ads (ids shuffled), 
 device and event_type from small fixed distributions. gpt-ads-prepare runs as a child process with
 --sampled=ad_id --derive_time=gap,hour,weekday; its wall time and peak RSS (getrusage(RUSAGE_CHILDREN)) go to
 --out as JSON, with the time spent before it starts writing the data set (reading + encoding) split out.
+
+Shared hosts change speed by up to 2x within a session (CPU steal, a page cache that the VM reclaims), so the
+JSON also holds `machine.reference_sort_seconds`: a fixed numpy sort (10M float64) timed just before and just
+after gpt-ads-prepare. Compare runs by it, not by wall time alone.
 """
 
 import argparse
@@ -59,6 +63,17 @@ def generate(path: str, events: int, seed: int = 0) -> int:
   return users
 
 
+def reference_seconds() -> float:
+  """Seconds of np.sort over a fixed 10M float64 array (best of 3): the host's speed at this moment."""
+  x = np.random.default_rng(0).random(10_000_000)
+  best = float("inf")
+  for _ in range(3):
+    start = time.perf_counter()
+    np.sort(x)
+    best = min(best, time.perf_counter() - start)
+  return round(best, 3)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--events", type=int, default=5_000_000)
@@ -80,6 +95,7 @@ def main():
         f"--input={csv_path}", "--user_col=user_id", "--time_col=timestamp",
         "--features=ad_id,campaign,device,event_type", "--sampled=ad_id", "--derive_time=gap,hour,weekday",
         f"--output={out_dir}", "--overwrite"]
+    reference_before = reference_seconds()
     start, write_start, lines = time.time(), None, []
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as child:
       for line in child.stdout:
@@ -88,6 +104,7 @@ def main():
         if line.startswith("writing ") and write_start is None:
           write_start = time.time()
     wall = time.time() - start
+    reference_after = reference_seconds()
     if child.returncode != 0:
       sys.exit(f"gpt-ads-prepare failed with exit status {child.returncode}")
     with open(os.path.join(out_dir, "schema.json")) as fh:
@@ -103,7 +120,8 @@ def main():
         "splits": meta["splits"], "vocab_sizes": {f["name"]: f["vocab_size"] for f in meta["features"]},
         "summary": lines[-1] if lines else "", "command": " ".join(cmd),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "pyarrow": pa.__version__,
-                    "load_average_1m": os.getloadavg()[0]},
+                    "load_average_1m": os.getloadavg()[0],
+                    "reference_sort_seconds": [reference_before, reference_after]},
     }
   finally:
     if not args.keep and not args.workdir:

@@ -54,40 +54,54 @@ class Encoder:
       self._heads[(key, size)] = head
     return head
 
+  def _payloads(self, events: int, user_id_bytes: int) -> list[int]:
+    """The value bytes of each map entry for a user of `events` events and an id of `user_id_bytes` bytes."""
+    return [4 * events if kind == "ids" else 4 if kind == "label" else user_id_bytes for _, _, kind in self._entries]
+
   def size(self, events: int, user_id_bytes: int) -> int:
     """The length of `encode`'s bytes for a user of `events` events whose id is `user_id_bytes` UTF-8 bytes."""
-    body = 0
-    for key, _, kind in self._entries:
-      size = 4 * events if kind == "ids" else 4 if kind == "label" else user_id_bytes
-      body += len(self._head(key, size, b"\x12" if kind == "label" else b"\x0a")) + size
-    return len(_field(body)) + body
+    return sum(map(len, self._template(events, user_id_bytes))) + sum(self._payloads(events, user_id_bytes))
 
   def encode(self, user_id: str, ids: dict, labels: dict | None = None) -> bytes:
     """Example bytes of one user: `ids` {feature: int32 [n]}, `labels` {name: float}."""
     n = next((len(ids[name]) for _, name, kind in self._entries if kind == "ids"), 0)
     return next(self.encode_users([user_id], [n], ids, {k: [v] for k, v in (labels or {}).items()}))
 
+  def _template(self, events: int, user_id_bytes: int) -> tuple[bytes, ...]:
+    """The head of each map entry for a user of this shape, the record's own length prefix before the first."""
+    sizes = self._payloads(events, user_id_bytes)
+    heads = [self._head(key, size, b"\x12" if kind == "label" else b"\x0a")
+             for (key, _, kind), size in zip(self._entries, sizes)]
+    heads[0] = _field(sum(map(len, heads)) + sum(sizes)) + heads[0]
+    return tuple(heads)
+
   def encode_users(self, user_ids, lengths: np.ndarray, ids: dict, labels: dict | None = None):
     """Yields the Example bytes of many users: user k has the next lengths[k] events of every `ids` {feature:
-    int32 [sum(lengths)]} (little-endian) and the labels {name: float [users]}[k]."""
-    views = {name: memoryview(np.ascontiguousarray(ids[name], "<i4")).cast("B")
-             for _, name, kind in self._entries if kind == "ids"}
-    label_bytes = {name: np.asarray(labels[name], "<f4").tobytes()
-                   for _, name, kind in self._entries if kind == "label"}
-    ends = np.cumsum(lengths).tolist()
+    int32 [sum(lengths)]} (little-endian) and the labels {name: float [users]}[k].
+
+    One dict look-up per user: the entry heads of each (events, id bytes) shape are built once (`_template`)."""
+    sources = []  # per entry: ("ids", byte view) / ("user", None) / ("label", bytes of every user's value)
+    for _, name, kind in self._entries:
+      if kind == "ids":
+        sources.append((0, memoryview(np.ascontiguousarray(ids[name], "<i4")).cast("B")))
+      elif kind == "user":
+        sources.append((1, None))
+      else:
+        sources.append((2, np.asarray(labels[name], "<f4").tobytes()))
+    templates: dict[tuple[int, int], tuple[bytes, ...]] = {}
+    ends = (4 * np.cumsum(lengths)).tolist()
     a = 0
     for k, (user, b) in enumerate(zip(user_ids, ends)):
-      parts, size = [], 4 * (b - a)
-      for key, name, kind in self._entries:
-        if kind == "ids":
-          parts += (self._head(key, size, b"\x0a"), views[name][4 * a:4 * b])
-        elif kind == "user":
-          value = user.encode("utf-8")
-          parts += (self._head(key, len(value), b"\x0a"), value)
-        else:
-          parts += (self._head(key, 4, b"\x12"), label_bytes[name][4 * k:4 * k + 4])
-      body = b"".join(parts)
-      yield _field(len(body)) + body
+      value = user.encode("utf-8")
+      shape = (b - a, len(value))
+      heads = templates.get(shape)
+      if heads is None:
+        heads = templates[shape] = self._template((b - a) // 4, len(value))
+      parts = []
+      for head, (kind, source) in zip(heads, sources):
+        parts.append(head)
+        parts.append(source[a:b] if kind == 0 else value if kind == 1 else source[4 * k:4 * k + 4])
+      yield b"".join(parts)
       a = b
 
 

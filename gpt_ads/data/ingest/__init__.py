@@ -5,6 +5,7 @@ One job per module, in pipeline order:
   options     PrepareOptions: what a run reads and how (the flags as a dataclass).
   read        files: format and delimiter, header / column checks, record batches, columns as exact strings.
   timestamps  time columns -> int64 ns (UTC); the features derived from sorted times (--derive_time).
+  codes       exact strings -> dense codes across batches (a persistent hash table, checked exactly).
   events      the read batches encoded into int arrays (user code, time, one value code per feature).
   spill       the external sort: encoded events as sorted runs on disk, read back by range of users.
   clean       the drop rules of the bad-input POLICY: sort per user, duplicates, --min_events, test users.

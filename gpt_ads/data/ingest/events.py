@@ -12,62 +12,12 @@ import time as time_lib
 from typing import Callable
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
+from gpt_ads.data.ingest.codes import Encoder
 from gpt_ads.data.ingest.options import PrepareOptions
 from gpt_ads.data.ingest.read import MISSING, as_strings, batches, expand_inputs
 from gpt_ads.data.ingest.spill import Runs
 from gpt_ads.data.ingest.timestamps import parse_time
-
-
-class Encoder:
-  """Maps the exact strings of one column to dense int32 codes in order of first appearance; missing -> -1.
-
-  Vectorized: each batch's distinct values (pyarrow dictionary_encode, in order of first appearance) are looked
-  up among the known ones with pc.index_in; the new ones get the next codes.
-  """
-
-  def __init__(self):
-    self._known = pa.array([], pa.string())  # [codes] the values, in code order
-    self._values: list[str] | None = []
-
-  def __len__(self) -> int:
-    return len(self._known)
-
-  def encode(self, strings: pa.Array) -> np.ndarray:
-    enc = pc.dictionary_encode(strings, null_encoding="encode")
-    d = enc.dictionary  # the batch's distinct values, first appearance first (null among them)
-    if d.type != pa.string():
-      d = d.cast(pa.string())
-    missing = pc.or_kleene(pc.is_null(d), pc.is_in(d, value_set=_MISSING)).to_numpy(zero_copy_only=False)
-    lut = pc.index_in(d, value_set=self._known).to_numpy(zero_copy_only=False)  # NaN where new
-    new = np.isnan(lut) & ~missing
-    lut = np.where(np.isnan(lut) | missing, -1, lut).astype(np.int32)
-    lut[new] = len(self._known) + np.arange(int(new.sum()), dtype=np.int32)
-    if new.any():
-      self._known = pa.concat_arrays([self._known, d.filter(pa.array(new))])
-      self._values = None
-    return lut[enc.indices.to_numpy(zero_copy_only=False)]  # [n]
-
-  @property
-  def values(self) -> list[str]:
-    """[codes] the value of each code."""
-    if self._values is None:
-      self._values = self._known.to_pylist()
-    return self._values
-
-  def slice(self, lo: int, hi: int) -> list[str]:
-    """The values of codes [lo, hi) (without building the list of every value)."""
-    return self._known.slice(lo, max(min(hi, len(self._known)) - lo, 0)).to_pylist()
-
-  @property
-  def codes(self) -> dict[str, int]:
-    """{value: code}."""
-    return {v: i for i, v in enumerate(self.values)}
-
-
-_MISSING = pa.array(MISSING, pa.string())
 
 
 @dataclasses.dataclass
@@ -88,7 +38,7 @@ class Events:
 def read_events(options: PrepareOptions, stats: dict, log: Callable[[str], None], runs: Runs) -> Events:
   """Every event of --input then --test_input (their files: `expand_inputs`), in file order, into `runs`;
   counts rows and drops into `stats`."""
-  users, encoders = Encoder(), {c: Encoder() for c in options.features}
+  users, encoders = Encoder(MISSING), {c: Encoder(MISSING) for c in options.features}
   needed = [options.user_col, options.time_col, *options.features]
   dropped, missing_values = stats["rows_dropped"], stats["missing_values"]
   start, in_test = time_lib.time(), np.zeros(0, bool)

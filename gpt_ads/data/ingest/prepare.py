@@ -15,6 +15,8 @@ import time as time_lib
 from typing import Callable
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from gpt_ads import features as features_lib
 from gpt_ads.data import records, store
@@ -24,15 +26,21 @@ from gpt_ads.data.ingest.events import Events, read_events
 from gpt_ads.data.ingest.labels import read_labels
 from gpt_ads.data.ingest.options import PrepareOptions
 from gpt_ads.data.ingest.read import check_file, csv_delimiter, expand_inputs
-from gpt_ads.data.ingest.spill import Part, Runs
+from gpt_ads.data.ingest.spill import Part, Runs, narrow
 from gpt_ads.data.ingest.timestamps import DERIVED, TIME_UNITS, derived_feature
-from gpt_ads.data.ingest.vocab import check_reusable, encode_feature, reuse_feature, stable_hash
+from gpt_ads.data.ingest.vocab import check_reusable, encode_feature, reuse_feature, stable_hashes
+
+
+def user_splits(user_ids: list[str], *, seed: int = 0, val_fraction: float = 0.05,
+                test_fraction: float = 0.05) -> np.ndarray:
+  """str [n]: the split of each user, "train", "validation" or "test" (pass test_fraction=0 with --test_input)."""
+  u = stable_hashes(user_ids, f"{seed}:").astype(np.float64) / 2.0**64  # = stable_hash(...) / 2.0**64, exactly
+  return np.where(u < test_fraction, "test", np.where(u < test_fraction + val_fraction, "validation", "train"))
 
 
 def user_split(user_id: str, *, seed: int = 0, val_fraction: float = 0.05, test_fraction: float = 0.05) -> str:
-  """The split of a user: "train", "validation" or "test" (pass test_fraction=0 with --test_input)."""
-  u = stable_hash(f"{seed}:{user_id}") / 2.0**64
-  return "test" if u < test_fraction else "validation" if u < test_fraction + val_fraction else "train"
+  """The split of one user (`user_splits`)."""
+  return str(user_splits([user_id], seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)[0])
 
 
 def validate(o: PrepareOptions) -> None:
@@ -100,12 +108,12 @@ class _Kept:
     """Adds the cleaned users of code range [lo, hi)."""
     o, index, names = self.o, len(self.paths), self.ev.users.slice(lo, hi)
     starts, lengths = segments(part.user)  # [users]
-    user_codes = part.user[starts].tolist()
-    split = np.array([
-        "test" if self.ev.in_test[u] else user_split(names[u - lo], seed=o.split_seed, val_fraction=o.val_fraction,
-                                                     test_fraction=0.0 if o.test_input else o.test_fraction)
-        for u in user_codes], dtype="<U10")  # a loop per user
-    id_bytes = [len(names[u - lo].encode("utf-8")) for u in user_codes]
+    user_codes = part.user[starts]
+    user_ids = [names[u] for u in (user_codes - lo).tolist()]
+    split = user_splits(user_ids, seed=o.split_seed, val_fraction=o.val_fraction,
+                        test_fraction=0.0 if o.test_input else o.test_fraction).astype("<U10")
+    split[self.ev.in_test[user_codes]] = "test"
+    id_bytes = pc.binary_length(pa.array(user_ids, pa.string())).to_numpy().tolist()
     self.shapes.update(zip(split.tolist(), lengths.tolist(), id_bytes))
     for s in store.SPLITS:
       self.users[s] += int((split == s).sum())
@@ -114,10 +122,23 @@ class _Kept:
     for c, codes in part.values.items():
       kept = codes[train & (codes >= 0)]
       self.counts[c] += np.bincount(kept, minlength=len(self.counts[c]))
-    path = os.path.join(self.ev.runs.dir, f"kept-{index:05d}.npz")
-    np.savez(path, user=part.user, time=part.time, split=split, starts=starts, lengths=lengths,
-             **{f"value:{c}": v for c, v in part.values.items()})
+    first = np.zeros(len(part.user), bool)
+    first[starts] = True
+    derived = [derived_feature(kind, part.time, first, o.gap_buckets)[0] for kind in o.derive_time]
+    path = os.path.join(self.ev.runs.dir, f"kept-{index:05d}")
+    os.makedirs(path)
+    arrays = [user_codes, split, lengths, *(part.values[c] for c in o.features), *derived]
+    for i, array in enumerate(arrays):  # plain .npy files (an .npz costs a CRC and a copy of every byte)
+      np.save(os.path.join(path, f"{i}.npy"), narrow(array) if i >= 3 else array)
     self.paths.append((path, lo, hi))
+
+  def load(self, path: str) -> dict[str, np.ndarray]:
+    """A range saved by `add`: per user "users" (codes), "split", "lengths"; per event int32 "value:<column>"
+    (value codes) and "<derived feature>" (its ids)."""
+    names = ["users", "split", "lengths", *(f"value:{c}" for c in self.o.features),
+             *(DERIVED[kind] for kind in self.o.derive_time)]
+    arrays = [np.load(os.path.join(path, f"{i}.npy")) for i in range(len(names))]
+    return {name: a.astype(np.int32) if i >= 3 else a for i, (name, a) in enumerate(zip(names, arrays))}
 
   def sizes(self, feature_names: list[str], label_names) -> dict[str, tuple[int, int]]:
     """{split: (users, bytes of their encoded records)} (writer_lib.Writer's `sizes`)."""
@@ -168,25 +189,28 @@ def _write_records(out: writer_lib.Writer, ev: Events, kept: _Kept, luts: dict[s
   start, done = time_lib.time(), 0
   for path, lo, hi in kept.paths:
     names = ev.users.slice(lo, hi)
-    with np.load(path) as z:
-      part = {k: z[k] for k in z.files}
-    starts, lengths, split = part["starts"], part["lengths"], part["split"]
+    part = kept.load(path)
+    users, lengths, split = part["users"], part["lengths"], part["split"]
     train = np.repeat(split == "train", lengths)
     ids = {}
     for c in o.features:
       ids[c] = luts[c][part[f"value:{c}"]]
       stats["oov_events"][c] += int((ids[c][train] == features_lib.OOV_ID).sum())
-    first = np.zeros(len(part["user"]), bool)
-    first[starts] = True
     for kind in o.derive_time:
-      ids[DERIVED[kind]] = derived_feature(kind, part["time"], first, o.gap_buckets)[0]
-    users = part["user"][starts]
-    for s in store.SPLITS:
-      of_split = split == s
-      rows = np.repeat(of_split, lengths)
+      ids[DERIVED[kind]] = part[DERIVED[kind]]
+    index = np.zeros(len(split), np.int8)  # [users] the index of each user's split in store.SPLITS
+    for i, s in enumerate(store.SPLITS):
+      index[split == s] = i
+    order = np.argsort(np.repeat(index, lengths), kind="stable")  # the events grouped by split, in user order
+    ids = {f: v[order] for f, v in ids.items()}
+    a = 0
+    for i, s in enumerate(store.SPLITS):
+      of_split = index == i
+      b = a + int(lengths[of_split].sum())
       labels = {name: v[users[of_split]] for name, v in label_values.items()} if label_specs else None
       out.add_users(s, [names[u - lo] for u in users[of_split].tolist()], lengths[of_split],
-                    {f: v[rows] for f, v in ids.items()}, labels)
+                    {f: v[a:b] for f, v in ids.items()}, labels)
+      a = b
     done += int(lengths.sum())
     log(f"written {done:,} events ({done / max(time_lib.time() - start, 1e-9):,.0f} events/s)")
 

@@ -9,7 +9,8 @@ run's blocks) and, for each range, reads its slice
 of every run (memory-mapped and contiguous) and sorts it by (user, time); runs come in file order and each
 keeps file order, so ties in time still keep file order.
 
-Per event on disk: int32 user code, int64 time, int32 per feature (and one bit of --test_input origin per run).
+Per event on disk: int32 user code, int64 time, and per feature the value code in the narrowest signed type
+that holds the run's codes (`narrow`: int8 / int16 / int32; one bit of --test_input origin per run).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class Runs:
     np.save(os.path.join(path, "user.npy"), user[order])
     np.save(os.path.join(path, "time.npy"), time[order])
     for c in self.columns:
-      np.save(os.path.join(path, f"{c}.npy"), np.concatenate([p[2][c] for p in self._pending])[order])
+      np.save(os.path.join(path, f"{c}.npy"), narrow(np.concatenate([p[2][c] for p in self._pending])[order]))
     counts = np.bincount(user, minlength=len(self.user_events))
     counts[:len(self.user_events)] += self.user_events
     self.user_events = counts
@@ -112,7 +113,8 @@ class Runs:
       user, time = load("user"), load("time")
       order = user_time_order(user, time, lo, hi)
       from_test = np.concatenate([np.full(b - a, t) for _, t, a, b in pieces])
-      yield (lo, hi), Part(user=user[order], time=time[order], values={c: load(c)[order] for c in self.columns},
+      yield (lo, hi), Part(user=user[order], time=time[order],
+                           values={c: load(c)[order].astype(np.int32) for c in self.columns},
                            from_test=from_test[order])
 
   @property
@@ -121,6 +123,16 @@ class Runs:
 
   def close(self) -> None:
     shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def narrow(codes: np.ndarray) -> np.ndarray:
+  """int codes (-1 and up) in the smallest signed type that holds them: fewer bytes to write and read back."""
+  if len(codes):
+    lo, hi = int(codes.min()), int(codes.max())
+    for small in (np.int8, np.int16):
+      if np.iinfo(small).min <= lo and hi <= np.iinfo(small).max:
+        return codes.astype(small)
+  return codes
 
 
 def user_time_order(user: np.ndarray, time: np.ndarray, lo: int, hi: int) -> np.ndarray:

@@ -27,6 +27,13 @@ def stable_hash(value: str) -> int:
   return int.from_bytes(hashlib.blake2b(value.encode("utf-8"), digest_size=8).digest(), "little")
 
 
+def stable_hashes(values: list[str], prefix: str = "") -> np.ndarray:
+  """uint64 [n]: stable_hash(prefix + v) of each value (one loop over hashlib, no Python ints)."""
+  head = prefix.encode("utf-8")
+  digests = b"".join([hashlib.blake2b(head + v.encode("utf-8"), digest_size=8).digest() for v in values])
+  return np.frombuffer(digests, "<u8")
+
+
 def _per_column(spec: int | dict[str, int], column: str, default: int) -> int:
   if isinstance(spec, dict):
     return int(spec.get(column, spec.get("*", default)))
