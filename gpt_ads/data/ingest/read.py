@@ -18,9 +18,7 @@ import csv
 import glob
 import io
 import os
-import queue
 import re
-import threading
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -136,61 +134,14 @@ def csv_parse_error(path: str, delimiter: str, num_columns: int, err: Exception)
   return f"{path}: malformed CSV ({str(err).splitlines()[0]}); fix the file or the --delimiter"
 
 
-def prefetched(items, depth: int = 2):
-  """Yields what the iterator `items` yields, produced on a background thread up to `depth` items ahead; an
-  exception it raises is raised here, at the item where it happened.
-
-  The CSV / Parquet readers release the GIL while they parse, so the next batch is parsed on the other core
-  while the caller encodes this one. Closing this generator (the consumer stopped) stops the producer."""
-  ready: queue.Queue = queue.Queue(maxsize=depth)
-  stop, end = threading.Event(), object()
-
-  def put(entry) -> bool:
-    while not stop.is_set():
-      try:
-        ready.put(entry, timeout=0.05)
-        return True
-      except queue.Full:
-        pass
-    return False
-
-  def produce():
-    try:
-      for item in items:
-        if not put((item, None)):
-          break
-      else:
-        put((end, None))
-    except BaseException as e:  # handed to the consumer
-      put((end, e))
-    finally:
-      if hasattr(items, "close"):
-        items.close()
-
-  producer = threading.Thread(target=produce, name="gpt_ads-read", daemon=True)
-  producer.start()
-  try:
-    while True:
-      item, error = ready.get()
-      if item is end:
-        if error is not None:
-          raise error
-        return
-      yield item
-  finally:
-    stop.set()
-    producer.join()
-
-
 def batches(path: str, needed: list[str], options: PrepareOptions, partitions: dict[str, str] | None = None):
   """Yields record batches of the `needed` columns of one file (CSV columns as binary: exact bytes); a needed
-  column the file lacks comes from `partitions` (its hive-style directories) when they have it. The file is
-  read on a background thread, a batch ahead (`prefetched`).
+  column the file lacks comes from `partitions` (its hive-style directories) when they have it.
 
   A file that cannot be read to its end (truncated compression, damaged Parquet pages, I/O errors) is a
   ValueError naming it."""
   try:
-    yield from prefetched(_file_batches(path, needed, options, partitions or {}))
+    yield from _file_batches(path, needed, options, partitions or {})
   except (OSError, pa.ArrowException) as e:  # our own errors are plain ValueErrors, not these
     raise ValueError(f"{path}: cannot be read to its end ({' '.join(str(e).split())[:200]}); is the file complete "
                      "(not truncated) and in the format its extension / --format says?") from None
