@@ -62,6 +62,10 @@ def _define_flags():
   d.DEFINE_string("vocab_from", "", "A prepared data set (e.g. yesterday's) whose vocabularies the --features "
                   "reuse, so a model trained on it can go on training on this one; values it does not know "
                   "become OOV (or its hash buckets). --max_vocab / --min_count do not apply to them.")
+  d.DEFINE_string("beam_pipeline_options", "", "Run the reading, grouping by user and cleaning as an Apache Beam "
+                  "pipeline with these comma-separated Beam flags, e.g. \"--runner=DirectRunner,"
+                  "--direct_num_workers=2,--direct_running_mode=multi_processing\" (needs the [beam] extra); the "
+                  "output is the same as without. Empty: the local engine.")
   flags.mark_flags_as_required(["input", "user_col", "time_col", "features", "output"])
 
 
@@ -80,7 +84,7 @@ def main(argv):
         split_seed=f.split_seed, max_vocab=_per_column_flag("max_vocab", f.max_vocab),
         min_count=_per_column_flag("min_count", f.min_count), hash_buckets=hash_buckets,
         min_events=f.min_events, gap_buckets=f.gap_buckets, overwrite=f.overwrite, batch_rows=f.batch_rows,
-        num_shards=f.num_shards, vocab_from=f.vocab_from)
+        num_shards=f.num_shards, vocab_from=f.vocab_from, beam_pipeline_options=f.beam_pipeline_options)
   except ValueError as e:
     errors.fail(_TOOL, str(e))
   status = execute(options)

@@ -2,7 +2,7 @@
 
   gpt-ads-prepare --input=FILE[,FILE...] [--test_input=FILE[,FILE...]] --user_col=NAME --time_col=NAME
       --features=COL,COL,... [--sampled=COL,...] [--labels=FILE[,FILE...]] [--derive_time=gap,hour,weekday]
-      --output=DIR [--num_shards=N] [--vocab_from=DIR]
+      --output=DIR [--num_shards=N] [--vocab_from=DIR] [--beam_pipeline_options=--runner=...,--flag=...]
 
 --input / --test_input entries are files, directories (every CSV / TSV / TXT / Parquet file under them,
 recursively, in path order; names starting with "." or "_" skipped) or globs; a directory named key=value on a
@@ -17,6 +17,10 @@ One input row is one event. Files are streamed in batches (pyarrow), each batch 
 (2M events) plus the distinct user ids and values, not by the log. Values are exact strings
 ("007" stays "007"). Each user's events are sorted by time, stably (ties keep file order, files in the order
 given). Records are written in order of each user's first appearance in the files.
+
+--beam_pipeline_options runs the reading, the grouping by user and the cleaning as an Apache Beam pipeline
+(DirectRunner here; Dataflow / Flink / Spark runners on a cluster) and writes the same bytes as without it
+(gpt_ads.data.ingest.beam_engine; README "Preparing a large log on a cluster").
 
 Splits: a user goes to test / validation / train by u = blake2b-64(f"{split_seed}:{user_id}") / 2**64:
 u < test_fraction -> test, u < test_fraction + val_fraction -> validation, else train (`user_split`). With

@@ -9,6 +9,7 @@ console entry point.
 
 import contextlib
 import gzip
+import importlib.util
 import io
 import json
 import os
@@ -219,14 +220,15 @@ def _write_case(tmp_path, name: str) -> str:
   return str(path)
 
 
-def run_case(tmp_path, name: str) -> dict:
-  """Runs one case through gpt_ads.cli.prepare.execute: {status, stderr, output (dir exists), leftovers, meta, crash}."""
+def run_case(tmp_path, name: str, engine: str = "") -> dict:
+  """Runs one case through gpt_ads.cli.prepare.execute (`engine`: --beam_pipeline_options; "" = the local
+  engine): {status, stderr, output (dir exists), leftovers, meta, crash}."""
   _, _, _, _, overrides = CASES[name]
   path = _write_case(tmp_path, name)
   out = tmp_path / "out"
   options = prep.PrepareOptions(input=[path], output=str(out), user_col="user", time_col="ts",
                                 features=["ad", "device"], val_fraction=0.25, test_fraction=0.25,
-                                **{"min_events": 1, **overrides})
+                                beam_pipeline_options=engine, **{"min_events": 1, **overrides})
   err = io.StringIO()
   crash = None
   with contextlib.redirect_stderr(err):
@@ -282,6 +284,22 @@ def test_fuzz_cases_are_handled_or_rejected_in_one_line(tmp_path):
         f"{counts['rejected']} rejected in one line, 0 tracebacks, 0 partial outputs")
   assert len(CASES) >= 50 and sum(counts.values()) == len(CASES)
   assert counts["handled"] >= 15 and counts["rejected"] >= 30  # both halves of the policy are exercised
+
+
+@pytest.mark.skipif(importlib.util.find_spec("apache_beam") is None, reason="needs the [beam] extra")
+def test_fuzz_cases_end_the_same_on_beam(tmp_path):
+  """Every case through the Beam engine (in-process DirectRunner): the local engine's outcome, its error line
+  word for word, its stats."""
+  for i, name in enumerate(CASES):
+    local_dir, beam_dir = tmp_path / f"{i:02d}" / "local", tmp_path / f"{i:02d}" / "beam"
+    local_dir.mkdir(parents=True)
+    beam_dir.mkdir(parents=True)
+    local, beam = run_case(local_dir, name), run_case(beam_dir, name, engine="--runner=DirectRunner")
+    check_outcome(name, beam)
+    assert beam["stderr"].replace(str(beam_dir), "DIR") == local["stderr"].replace(str(local_dir), "DIR"), name
+    if local["meta"] is not None:
+      assert _summary(beam["meta"]) == _summary(local["meta"]), name
+      assert beam["meta"]["features"] == local["meta"]["features"], name
 
 
 def test_unsorted_input_is_sorted_per_user(tmp_path):

@@ -26,6 +26,9 @@ class PrepareOptions:
       2M measured fastest and smallest here: peak RSS 644 MB at 5M events, 800 MB at 50M; 8M: 974 MB at 5M).
     vocab_from: a prepared data set whose vocabularies the --features reuse ("" = build them from the training
       events); see gpt_ads.data.ingest.vocab.
+    beam_pipeline_options: "" = the local engine; else Beam's own flags, comma-separated ("--runner=
+      DirectRunner,--direct_num_workers=2"): read, group and clean on Apache Beam (gpt_ads.data.ingest.beam_engine),
+      the same output. Not recorded in schema.json (how it ran, not what it is).
   """
   input: list[str]
   user_col: str
@@ -52,3 +55,4 @@ class PrepareOptions:
   num_shards: int = 0
   vocab_from: str = ""
   spill_events: int = 2_000_000
+  beam_pipeline_options: str = ""

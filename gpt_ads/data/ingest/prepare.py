@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import os
 import time as time_lib
 from typing import Callable
@@ -21,11 +22,13 @@ import pyarrow.compute as pc
 from gpt_ads import features as features_lib
 from gpt_ads.data import records, store
 from gpt_ads.data import writer as writer_lib
+from gpt_ads.data.ingest import beam_engine
 from gpt_ads.data.ingest.clean import POLICY, clean, segments
+from gpt_ads.data.ingest.codes import Encoder
 from gpt_ads.data.ingest.events import Events, read_events
 from gpt_ads.data.ingest.labels import read_labels
 from gpt_ads.data.ingest.options import PrepareOptions
-from gpt_ads.data.ingest.read import check_file, csv_delimiter, expand_inputs
+from gpt_ads.data.ingest.read import MISSING, check_file, csv_delimiter, expand_inputs
 from gpt_ads.data.ingest.spill import Part, Runs, narrow
 from gpt_ads.data.ingest.timestamps import DERIVED, TIME_UNITS, derived_feature
 from gpt_ads.data.ingest.vocab import check_reusable, encode_feature, reuse_feature, stable_hashes
@@ -77,6 +80,8 @@ def validate(o: PrepareOptions) -> None:
     raise ValueError(f"{os.path.abspath(o.output)} already exists; choose another --output or pass --overwrite")
   if o.vocab_from:
     check_reusable(o, reused_features(o))
+  if o.beam_pipeline_options:
+    beam_engine.pipeline_args(o.beam_pipeline_options)
   # Before a long read: a typo in the last file fails now.
   files = [f for f, _ in expand_inputs(o.input, "--input") + expand_inputs(o.test_input, "--test_input")]
   for path in files + o.labels:
@@ -120,8 +125,8 @@ class _Kept:
       self.events[s] += int(lengths[split == s].sum())
     train = np.repeat(split == "train", lengths)  # [events]
     for c, codes in part.values.items():
-      kept = codes[train & (codes >= 0)]
-      self.counts[c] += np.bincount(kept, minlength=len(self.counts[c]))
+      more = np.bincount(codes[train & (codes >= 0)], minlength=len(self.counts[c]))
+      self.counts[c] = np.pad(self.counts[c], (0, len(more) - len(self.counts[c]))) + more  # (Beam: codes grow)
     first = np.zeros(len(part.user), bool)
     first[starts] = True
     derived = [derived_feature(kind, part.time, first, o.gap_buckets)[0] for kind in o.derive_time]
@@ -168,8 +173,8 @@ def _features(ev: Events, kept: _Kept, o: PrepareOptions) -> tuple[list[dict], d
   prior = reused_features(o)
   for c in o.features:
     values = ev.encoders[c].values
-    luts[c], feature = (reuse_feature(c, values, prior[c], o) if prior else
-                        encode_feature(c, kept.counts[c], values, o))
+    counts = np.pad(kept.counts[c], (0, len(values) - len(kept.counts[c])))
+    luts[c], feature = reuse_feature(c, values, prior[c], o) if prior else encode_feature(c, counts, values, o)
     feats.append(feature)
   for kind in o.derive_time:
     name = DERIVED[kind]
@@ -215,6 +220,42 @@ def _write_records(out: writer_lib.Writer, ev: Events, kept: _Kept, luts: dict[s
     log(f"written {done:,} events ({done / max(time_lib.time() - start, 1e-9):,.0f} events/s)")
 
 
+def _from_beam(o: PrepareOptions, stats: dict, log: Callable[[str], None], runs: Runs) -> tuple[Events, _Kept]:
+  """Passes 1 and 2 on Apache Beam (gpt_ads.data.ingest.beam_engine): the cleaned users come back in order of
+  first appearance and go into the same ranges of at most spill_events events as the local engine's."""
+  ev = Events(runs=runs, users=Encoder(MISSING), encoders={c: Encoder(MISSING) for c in o.features},
+              in_test=np.zeros(0, bool))
+  kept, pending, lo = _Kept(ev, o), [], 0
+
+  def add_range() -> None:
+    nonlocal pending, lo
+    if pending:
+      hi = pending[-1][0] + 1
+      lengths = [len(times) for _, times, _ in pending]
+      part = Part(user=np.repeat([code for code, _, _ in pending], lengths).astype(np.int32),
+                  time=np.concatenate([times for _, times, _ in pending]).astype(np.int64),
+                  values={c: ev.encoders[c].encode(pa.array(
+                      list(itertools.chain.from_iterable(strings[j] for _, _, strings in pending)), pa.string()))
+                      for j, c in enumerate(o.features)},
+                  from_test=np.zeros(sum(lengths), bool))
+      kept.add(part, lo, hi)
+      pending, lo = [], hi
+
+  events = 0
+  for block in beam_engine.cleaned_users(o, stats, log, runs.dir):
+    codes = ev.users.encode(pa.array([user for _, user, _, _, _ in block], pa.string())).tolist()
+    ev.in_test = np.append(ev.in_test, np.array([in_test for _, _, in_test, _, _ in block], bool))
+    for code, (_, _, _, times, strings) in zip(codes, block):
+      if len(times):
+        pending.append((code, times, strings))
+        events += len(times)
+      if events >= o.spill_events:
+        add_range()
+        events = 0
+  add_range()
+  return ev, kept
+
+
 def prepare(options: PrepareOptions, *, log: Callable[[str], None] = lambda line: None,
             extra_source: dict | None = None) -> dict:
   """Reads, cleans, splits and encodes the events; writes the data set; returns its schema.json dict.
@@ -235,12 +276,15 @@ def prepare(options: PrepareOptions, *, log: Callable[[str], None] = lambda line
   os.makedirs(os.path.dirname(out), exist_ok=True)
   runs = Runs(out, o.features, o.spill_events)
   try:
-    ev = read_events(o, stats, log, runs)
-    kept = _Kept(ev, o)
-    for (lo, hi), part in runs.partitions():
-      kept.add(clean(part, ev.in_test, o, stats), lo, hi)
+    if o.beam_pipeline_options:
+      ev, kept = _from_beam(o, stats, log, runs)
+    else:
+      ev = read_events(o, stats, log, runs)
+      kept = _Kept(ev, o)
+      for (lo, hi), part in runs.partitions():
+        kept.add(clean(part, ev.in_test, o, stats), lo, hi)
     kept.check(stats)
-    log(f"sorted and cleaned {runs.events:,} events in {len(kept.paths)} range(s) of users "
+    log(f"sorted and cleaned {stats['input_rows']:,} rows into {len(kept.paths)} range(s) of users "
         f"({time_lib.time() - start:.1f}s)")
     feats, luts = _features(ev, kept, o)
     label_specs, label_values = read_labels(o.labels, o, ev.users.codes, stats) if o.labels else ({}, {})
@@ -250,7 +294,8 @@ def prepare(options: PrepareOptions, *, log: Callable[[str], None] = lambda line
     source = {"inputs": [os.path.abspath(p) for p in o.input],
               "test_inputs": [os.path.abspath(p) for p in o.test_input],
               "labels": [os.path.abspath(p) for p in o.labels], "user_col": o.user_col, "time_col": o.time_col,
-              "flags": dataclasses.asdict(o), **(extra_source or {})}
+              "flags": {k: v for k, v in dataclasses.asdict(o).items() if k != "beam_pipeline_options"},
+              **(extra_source or {})}
     log(f"writing {out} ...")
     sizes = kept.sizes([f["name"] for f in feats], tuple(label_specs))
     with writer_lib.Writer(o.output, features=feats, labels=label_specs, overwrite=o.overwrite,
