@@ -46,7 +46,7 @@ import numpy as np
 import pyarrow as pa
 
 from gpt_ads.data.ingest.clean import clean
-from gpt_ads.data.ingest.codes import Encoder
+from gpt_ads.data.ingest.codes import Encoder, missing_mask
 from gpt_ads.data.ingest.options import PrepareOptions
 from gpt_ads.data.ingest.read import MISSING, as_strings, batches, expand_inputs
 from gpt_ads.data.ingest.spill import Part
@@ -56,6 +56,7 @@ INSTALL = "pip install -c constraints.txt -e '.[beam]'"
 ROW_BITS = 40  # a row's position: input file index << ROW_BITS | row in the file
 BLOCK_BITS = 20  # users are written in blocks of 2^BLOCK_BITS positions of their first row
 _MARK = "\x1egpt_ads-error\x1e"
+_MISSING_STRINGS = pa.array(MISSING, pa.string())
 
 
 def pipeline_args(text: str) -> list[str]:
@@ -110,7 +111,7 @@ def _read_file(item: tuple[int, str, dict, bool], o: PrepareOptions):
     stats["rows_dropped"]["missing_user"] += int((users < 0).sum())
     stats["rows_dropped"]["missing_time"] += int(((users >= 0) & no_time).sum())
     for c, strings in zip(o.features, columns):
-      stats["missing_values"][c] += int((Encoder(MISSING).encode(strings)[keep] < 0).sum())
+      stats["missing_values"][c] += int(missing_mask(strings, _MISSING_STRINGS)[keep].sum())
     with_user = np.flatnonzero(users >= 0)
     order = with_user[np.argsort(users[with_user], kind="stable")]  # by user, file order within
     take = pa.array(order)

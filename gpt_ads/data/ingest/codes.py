@@ -64,6 +64,11 @@ def string_hashes(strings: pa.Array, bits: int = 64) -> np.ndarray:
   return np.where(h == 0, np.uint64(1), h)
 
 
+def missing_mask(strings: pa.Array, missing: pa.Array) -> np.ndarray:
+  """bool [n]: null or one of the `missing` strings."""
+  return pc.or_kleene(pc.is_null(strings), pc.is_in(strings, value_set=missing)).to_numpy(zero_copy_only=False)
+
+
 class _Table:
   """uint64 hash -> int32 code; linear probing in power-of-two arrays kept at most half full; no deletion."""
 
@@ -149,10 +154,6 @@ class Encoder:
       self._table, self._exact_only = None, True
     return self._encode_exact(strings)
 
-  def _is_missing(self, strings: pa.Array) -> np.ndarray:
-    return pc.or_kleene(pc.is_null(strings), pc.is_in(strings, value_set=self._missing)).to_numpy(
-        zero_copy_only=False)
-
   def _commit(self, new_values: pa.Array) -> None:
     if len(new_values):
       self._known = pa.concat_arrays([self._known, new_values])
@@ -161,7 +162,7 @@ class Encoder:
   def _encode_exact(self, strings: pa.Array) -> np.ndarray:
     enc = pc.dictionary_encode(strings, null_encoding="encode")
     d = enc.dictionary  # the batch's distinct values, first appearance first (null among them)
-    missing = self._is_missing(d)
+    missing = missing_mask(d, self._missing)
     lut = pc.index_in(d, value_set=self._known).to_numpy(zero_copy_only=False)  # NaN where new
     new = np.isnan(lut) & ~missing
     lut = np.where(np.isnan(lut) | missing, -1, lut).astype(np.int32)
@@ -172,7 +173,7 @@ class Encoder:
   def _encode_hashed(self, strings: pa.Array) -> np.ndarray | None:
     """The codes through the table, or None (nothing changed) when a collision made a row's code wrong."""
     h = string_hashes(strings, self._hash_bits)  # [n]
-    missing = self._is_missing(strings)
+    missing = missing_mask(strings, self._missing)
     codes = np.where(missing, -1, self._table.lookup(h))  # [n]
     new_rows = np.flatnonzero((codes < 0) & ~missing)
     new_hashes, first, inverse = np.unique(h[new_rows], return_index=True, return_inverse=True)
