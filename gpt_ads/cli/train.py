@@ -53,6 +53,7 @@ def main(argv):
     if _DRY_RUN.value:
       from gpt_ads.training import memory_plan  # only for --dry_run
       memory_plan.run(_CONFIG.value, _WORKDIR.value)
+      _shutdown_distributed(jax)
       return
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (ValueError, FloatingPointError, OSError) as e:  # bad config / data / workdir, NaN, disk
@@ -60,6 +61,7 @@ def main(argv):
   if result.get("preempted"):  # SIGTERM: the checkpoint is complete; the scheduler may restart the same command
     if jax.process_index() == 0:
       print(f"preempted: checkpoint {result['step']} saved; run the same command to continue", file=sys.stderr)
+    _shutdown_distributed(jax)
     return
   if jax.process_index() == 0:
     line = f"test_loss={result['test_loss']:.4f} nats/event"
@@ -68,6 +70,16 @@ def main(argv):
                f"  unigram={result['unigram_loss']:.4f}  gap_closed={result['gap_closed']:.3f}"
                f"  gap_closed_joint={result['gap_closed_joint']:.3f}  ({result['event_factorization']})")
     print(line)
+  _shutdown_distributed(jax)
+
+
+def _shutdown_distributed(jax) -> None:
+  """Leaves JAX's runtime through its shutdown barrier now, while every process is still whole. Left to
+  Python's exit hooks, process 0 may tear down the coordination service while a peer is still leaving, and the
+  peer fails with "Shutdown barrier has failed" (seen under load in CI). Not called on errors: a failed process
+  exits at once, and its peers learn of it from the missed heartbeats."""
+  if jax.distributed.is_initialized():
+    jax.distributed.shutdown()
 
 
 def _fail(message: str) -> None:
