@@ -170,8 +170,17 @@ class Encoder:
     self._commit(d.filter(pa.array(new)))
     return lut[enc.indices.to_numpy(zero_copy_only=False)]  # [n]
 
-  def _encode_hashed(self, strings: pa.Array) -> np.ndarray | None:
-    """The codes through the table, or None (nothing changed) when a collision made a row's code wrong."""
+  def _encode_hashed(self, batch: pa.Array) -> np.ndarray | None:
+    """The codes through the table, or None (nothing changed) when a collision made a row's code wrong.
+
+    The batch's distinct values (pyarrow's dictionary_encode: first appearance first, so new codes come in the
+    same order) are hashed, looked up and checked; rows repeat a user or an ad several times a batch."""
+    enc = pc.dictionary_encode(batch, null_encoding="encode")
+    strings = enc.dictionary
+    codes = self._encode_distinct(strings)
+    return None if codes is None else codes[enc.indices.to_numpy(zero_copy_only=False)]
+
+  def _encode_distinct(self, strings: pa.Array) -> np.ndarray | None:
     h = string_hashes(strings, self._hash_bits)  # [n]
     missing = missing_mask(strings, self._missing)
     codes = np.where(missing, -1, self._table.lookup(h))  # [n]
