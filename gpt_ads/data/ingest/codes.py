@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 TABLE_FROM = 1 << 16  # known values from which a column uses the persistent hash table
+DEDUP_BELOW = 0.5  # a batch with fewer distinct values than this share of its rows is encoded by distinct value
 _MUL = np.uint64(0x9E3779B97F4A7C15)  # the polynomial hash's base (odd; golden-ratio constant)
 _PADDED_WORDS = 4  # strings of up to 32 bytes are hashed a word at a time
 
@@ -131,6 +132,7 @@ class Encoder:
     self._values: list[str] | None = []
     self._table: _Table | None = None
     self._exact_only = False  # set when a hash collision was seen
+    self._dedup = True  # whether the next batch goes through the table by distinct value (`_encode_hashed`)
 
   def __len__(self) -> int:
     return len(self._known)
@@ -173,14 +175,24 @@ class Encoder:
   def _encode_hashed(self, batch: pa.Array) -> np.ndarray | None:
     """The codes through the table, or None (nothing changed) when a collision made a row's code wrong.
 
-    The batch's distinct values (pyarrow's dictionary_encode: first appearance first, so new codes come in the
-    same order) are hashed, looked up and checked; rows repeat a user or an ad several times a batch."""
-    enc = pc.dictionary_encode(batch, null_encoding="encode")
-    strings = enc.dictionary
-    codes = self._encode_distinct(strings)
-    return None if codes is None else codes[enc.indices.to_numpy(zero_copy_only=False)]
+    Where a batch repeats its values (an ad many times a batch), only its distinct values are hashed, looked up
+    and checked (pyarrow's dictionary_encode, first appearance first, so new codes come in the same order);
+    where most values are distinct (users of a shuffled log) that costs more than it saves, and every row goes
+    through the table. The share of distinct values in this batch picks the way for the next one."""
+    if self._dedup:
+      enc = pc.dictionary_encode(batch, null_encoding="encode")
+      codes = self._encode_rows(enc.dictionary)
+      if codes is None:
+        return None
+      self._dedup = len(codes) < DEDUP_BELOW * len(batch)
+      return codes[enc.indices.to_numpy(zero_copy_only=False)]
+    codes = self._encode_rows(batch)
+    if codes is not None:
+      distinct = np.count_nonzero(np.bincount(codes[codes >= 0], minlength=len(self._known)))
+      self._dedup = distinct < DEDUP_BELOW * len(batch)
+    return codes
 
-  def _encode_distinct(self, strings: pa.Array) -> np.ndarray | None:
+  def _encode_rows(self, strings: pa.Array) -> np.ndarray | None:
     h = string_hashes(strings, self._hash_bits)  # [n]
     missing = missing_mask(strings, self._missing)
     codes = np.where(missing, -1, self._table.lookup(h))  # [n]
