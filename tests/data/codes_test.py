@@ -28,9 +28,11 @@ def test_word_and_byte_hashes_agree():
   assert (short != 0).all()
 
 
+@pytest.mark.parametrize("dedup_below", [0.0, 0.5, 2.0])  # by row always / as measured / by distinct value
 @pytest.mark.parametrize("bits", [64, 2])
-def test_the_hash_table_gives_the_exact_codes(monkeypatch, bits):
+def test_the_hash_table_gives_the_exact_codes(monkeypatch, bits, dedup_below):
   monkeypatch.setattr(codes, "TABLE_FROM", 100)
+  monkeypatch.setattr(codes, "DEDUP_BELOW", dedup_below)
   hashed = codes.Encoder(MISSING, hash_bits=bits)
   got = [hashed.encode(batch) for batch in _batches(0)]
   monkeypatch.setattr(codes, "TABLE_FROM", 10**9)
