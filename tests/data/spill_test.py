@@ -41,3 +41,15 @@ def test_user_time_order_packs_when_it_fits_and_falls_back_otherwise():
   for time in (rng.integers(0, 5, 1000) * 1000, rng.integers(-2**62, 2**62, 1000)):
     np.testing.assert_array_equal(spill.user_time_order(user, time.astype(np.int64), 10, 20),
                                   np.lexsort((time, user)))
+
+
+@pytest.mark.parametrize("time, dtype", [
+    (np.array([1_704_067_200, 1_704_067_260, 1_704_153_600]) * 10**9, np.int32),  # ns, in steps of 60 s
+    (np.array([-5, 3, 3, 7]), np.int32),  # before 1970, step 1
+    (np.array([-2**62, 0, 2**62 - 1]), np.int64),  # a span past int32 steps
+    (np.array([-2**63, 2**63 - 1]), np.int64),  # a span that overflows int64: kept as it is
+])
+def test_time_steps_are_exact(time, dtype):
+  base, step, steps = spill.time_steps(time.astype(np.int64))
+  assert [int(base) + int(s) * step for s in steps] == time.tolist()
+  assert steps.dtype == dtype

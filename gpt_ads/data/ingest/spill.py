@@ -9,8 +9,9 @@ run's blocks) and, for each range, reads its slice
 of every run (memory-mapped and contiguous) and sorts it by (user, time); runs come in file order and each
 keeps file order, so ties in time still keep file order.
 
-Per event on disk: int32 user code, int64 time, and per feature the value code in the narrowest signed type
-that holds the run's codes (`narrow`: int8 / int16 / int32; one bit of --test_input origin per run).
+Per event on disk: int32 user code, time as steps from the run's first time (`time_steps`: int32 when they fit),
+and per feature the value code in the narrowest signed type that holds the run's codes (`narrow`: int8 / int16 /
+int32); per run the row where each block starts and one bit of --test_input origin.
 """
 
 from __future__ import annotations
@@ -71,9 +72,12 @@ class Runs:
     order = np.argsort(block, kind="stable")  # a radix sort: file order within a block
     path = os.path.join(self.dir, f"run-{len(self._runs):05d}")
     os.makedirs(path)
-    np.save(os.path.join(path, "block.npy"), block[order])
+    starts = np.concatenate([[0], np.cumsum(np.bincount(block, minlength=1 << 16))])  # [2**16 + 1] rows
+    np.save(os.path.join(path, "block_starts.npy"), starts)
     np.save(os.path.join(path, "user.npy"), user[order])
-    np.save(os.path.join(path, "time.npy"), time[order])
+    base, step, steps = time_steps(time)
+    np.save(os.path.join(path, "time_base_step.npy"), np.array([base, step], np.int64))
+    np.save(os.path.join(path, "time.npy"), steps[order])
     for c in self.columns:
       np.save(os.path.join(path, f"{c}.npy"), narrow(np.concatenate([p[2][c] for p in self._pending])[order]))
     counts = np.bincount(user, minlength=len(self.user_events))
@@ -102,15 +106,18 @@ class Runs:
     for lo, hi in self.ranges():
       pieces = []
       for path, from_test, shift in self._runs:
-        block = np.load(os.path.join(path, "block.npy"), mmap_mode="r")
-        a, b = np.searchsorted(block, [lo >> shift, hi >> shift]) if (lo >> shift) < 1 << 16 else (len(block),) * 2
+        starts = np.load(os.path.join(path, "block_starts.npy"))
+        a, b = (int(starts[min(x >> shift, 1 << 16)]) for x in (lo, hi))
         if b > a:
           pieces.append((path, from_test, a, b))
       if not pieces:  # only users whose every row was dropped
         continue
       load = lambda name: np.concatenate([np.load(os.path.join(p, f"{name}.npy"), mmap_mode="r")[a:b]
                                           for p, _, a, b in pieces])
-      user, time = load("user"), load("time")
+      user = load("user")
+      time = np.concatenate([base + np.load(os.path.join(p, "time.npy"), mmap_mode="r")[a:b].astype(np.int64) * step
+                             for p, _, a, b in pieces
+                             for base, step in [np.load(os.path.join(p, "time_base_step.npy")).tolist()]])
       order = user_time_order(user, time, lo, hi)
       from_test = np.concatenate([np.full(b - a, t) for _, t, a, b in pieces])
       yield (lo, hi), Part(user=user[order], time=time[order],
@@ -133,6 +140,19 @@ def narrow(codes: np.ndarray) -> np.ndarray:
       if np.iinfo(small).min <= lo and hi <= np.iinfo(small).max:
         return codes.astype(small)
   return codes
+
+
+def time_steps(time: np.ndarray) -> tuple[int, int, np.ndarray]:
+  """(base, step, steps) with time == base + steps * step exactly: steps in int32 when they fit (times of second
+  or millisecond resolution over months do), else int64 (base 0, step 1 when the span overflows int64)."""
+  lo, hi = int(time.min()), int(time.max())
+  if hi - lo > np.iinfo(np.int64).max:
+    return 0, 1, time
+  rel = time - lo
+  step = int(np.gcd.reduce(rel)) or 1
+  if step > 1:
+    rel //= step
+  return lo, step, rel.astype(np.int32) if (hi - lo) // step <= np.iinfo(np.int32).max else rel
 
 
 def user_time_order(user: np.ndarray, time: np.ndarray, lo: int, hi: int) -> np.ndarray:
