@@ -170,10 +170,13 @@ def test_sharded_output_each_process_reads_its_own_files(tmp_path):
   assert read == [[files[0], files[2]], [files[1], files[3]]]
 
 
-@pytest.mark.parametrize("num_shards", [1, 3])
-def test_known_sizes_write_the_same_files_as_the_cut_stream(tmp_path, num_shards):
-  """With `sizes` the records go straight into their shards; without, one stream file is cut at the end."""
+@pytest.mark.parametrize("num_shards, process", [(1, False), (3, False), (3, True)])
+def test_known_sizes_write_the_same_files_as_the_cut_stream(tmp_path, monkeypatch, num_shards, process):
+  """With `sizes` the records go straight into their shards (`process`: written by the child process large data
+  sets get); without, one stream file is cut at the end."""
   from gpt_ads.data import records
+  if process:
+    monkeypatch.setattr(writer, "PROCESS_FROM_BYTES", 0)
   users = _users(30, 0)
   encoder = records.Encoder([f["name"] for f in FEATURES], ("y",))
   sizes = {"train": (30, sum(encoder.size(len(u["item"]), len(u["user_id"].encode())) for u in users))}
