@@ -21,13 +21,10 @@ from typing import Callable, Iterable
 import numpy as np
 
 from gpt_ads import features as features_lib
-from gpt_ads.data import records, store
+from gpt_ads.data import records, shards, store
 from gpt_ads.data.store import FORMAT, SCHEMA_FILE, SPLITS, TFDS_NAME, TFDS_VERSION
 
-# One record per chunk (random access, as TFDS writes them); snappy writes ~2x faster than the default zstd for
-# ~1.3x the bytes.
-WRITER_OPTIONS = "group_size:1,snappy"
-PROCESS_FROM_BYTES = 256 << 20  # data sets of this many record bytes are written by a child process (`_WriterProcess`)
+PROCESS_FROM_BYTES = 256 << 20  # data sets of this many record bytes: written by a child (shards.WriterProcess)
 
 
 def tfds_features(feature_names, label_names=()):
@@ -119,153 +116,17 @@ class _SplitCounter:
         self.counts[name] += np.bincount(x, minlength=v)
 
 
-class _SplitFiles:
-  """One split's ArrayRecord files, written on the writer thread: the shards of a plan (`ends`: the end record
-  of each shard) one after the other, or (ends None) one file, `path(split, 0, 1)`, cut into shards later."""
-
-  def __init__(self, path: Callable[[str, int, int], str], split: str, ends: list[int] | None):
-    self._path, self.split, self.ends = path, split, ends
-    self.written, self._shard, self._writer = 0, 0, None
-
-  def write(self, blobs: list[bytes]) -> None:
-    from array_record.python import array_record_module
-    for data in blobs:
-      if self._writer is None or (self.ends and self.written == self.ends[self._shard]):
-        if self._writer is not None:
-          self._writer.close()
-          self._shard += 1
-        num = len(self.ends) if self.ends else 1
-        if self._shard >= num:
-          raise ValueError(f"split {self.split!r}: more records than the writer's sizes said ({self.ends[-1]})")
-        self._writer = array_record_module.ArrayRecordWriter(self._path(self.split, self._shard, num),
-                                                             WRITER_OPTIONS)
-      self._writer.write(data)
-      self.written += 1
-
-  def close(self) -> None:
-    if self._writer is not None:
-      self._writer.close()
-      self._writer = None
-
-
-def shard_path(data_dir: str, split: str, shard: int, num_shards: int) -> str:
-  """The ArrayRecord file of one shard of a split, as TFDS names it."""
-  return os.path.join(data_dir, f"{TFDS_NAME}-{split}.array_record-{shard:05d}-of-{num_shards:05d}")
-
-
-class _WriterProcess:
-  """The writes of a large data set in a child process, on the other core: ArrayRecord's per-record write holds
-  the GIL, so a writer thread takes turns with the encoding instead of running beside it (measured: numpy in
-  the main thread at 38% of its speed while a thread writes). Each batch of records is copied, joined, into
-  one of SLOTS memory-mapped files next to the data set (`ring`: their pages stay resident, so a copy is a
-  memcpy); the pipe carries (split, slot, record lengths). The child writes the records into the planned shard
-  files in order and answers each batch: None, or the one-line error it met. Only with a shard plan."""
-
-  SLOTS = 3
-
-  def __init__(self, data_dir: str, plans: dict[str, list[int]], ring: str):
-    import multiprocessing  # only for large data sets
-    context = multiprocessing.get_context("spawn")  # not fork: the caller may hold threads (pyarrow's pools)
-    self._ring = ring
-    self._maps: list = [None] * self.SLOTS
-    self._conn, child = context.Pipe()
-    self._process = context.Process(target=_serve, args=(child, data_dir, plans, ring), daemon=True)
-    self._process.start()
-    child.close()
-    self._in_flight: collections.deque = collections.deque()  # slots the child has not answered yet
-    self._next = 0
-
-  def submit(self, split: str, blobs: list[bytes]) -> None:
-    slot = self._next
-    self._next = (slot + 1) % self.SLOTS
-    while slot in self._in_flight:
-      self._answer()
-    data = b"".join(blobs)
-    self._maps[slot] = _mapped(f"{self._ring}-{slot}", len(data), self._maps[slot], grow=True)
-    self._maps[slot][:len(data)] = data
-    self._conn.send((split, slot, [len(b) for b in blobs]))
-    self._in_flight.append(slot)
-
-  def _answer(self) -> None:
-    try:
-      error = self._conn.recv()
-    except EOFError:
-      raise OSError(f"the ArrayRecord writer process ended (exit code {self._process.exitcode})") from None
-    self._in_flight.popleft()
-    if error is not None:
-      raise ValueError(error)
-
-  def close(self) -> None:
-    """Waits for every batch; closes the shard files and removes the ring."""
-    self._conn.send(None)
-    self._in_flight.append(None)
-    while self._in_flight:
-      self._answer()
-    self._process.join()
-    self._remove_ring()
-
-  def abort(self) -> None:
-    self._process.kill()
-    self._process.join()
-    self._remove_ring()
-
-  def _remove_ring(self) -> None:
-    for slot, m in enumerate(self._maps):
-      if m is not None:
-        m.close()
-      with contextlib.suppress(FileNotFoundError):
-        os.remove(f"{self._ring}-{slot}")
-    self._maps = [None] * self.SLOTS
-
-
-def _mapped(path: str, size: int, current, *, grow: bool):
-  """A shared memory map of `path` of at least `size` bytes (`current` when it is large enough); `grow`: make the
-  file that large first (the writing side)."""
-  import mmap  # the writer process's ring only
-  if current is not None and len(current) >= size:
-    return current
-  if current is not None:
-    current.close()
-  with open(path, "a+b") as f:
-    if grow:
-      f.truncate(max(size, 1 << 20, 2 * os.path.getsize(path)))
-    return mmap.mmap(f.fileno(), 0)
-
-
-def _serve(conn, data_dir: str, plans: dict[str, list[int]], ring: str) -> None:
-  """The child of `_WriterProcess`."""
-  import functools  # the child's own imports
-  files = {s: _SplitFiles(functools.partial(shard_path, data_dir), s, ends) for s, ends in plans.items()}
-  maps: list = [None] * _WriterProcess.SLOTS
-  while True:
-    message = conn.recv()
-    try:
-      if message is None:
-        for f in files.values():
-          f.close()
-        conn.send(None)
-        return
-      split, slot, lengths = message
-      ends = np.cumsum([0, *lengths]).tolist()
-      maps[slot] = m = _mapped(f"{ring}-{slot}", ends[-1], maps[slot], grow=False)
-      files[split].write([m[a:b] for a, b in zip(ends[:-1], ends[1:])])
-      conn.send(None)
-    except (OSError, ValueError) as e:
-      conn.send(" ".join(str(e).split()))
-      return
-
-
 class Writer:
   """Streams user records into a new prepared data set: `add(split, record)` in any split order, then `finish`.
 
   Everything goes to a temporary sibling of `out_dir`, renamed onto it by `finish`; `abort` (or an exception
   inside `with Writer(...)`) removes it, so a failed run leaves nothing behind. Records keep the order they were
-  added in, per split, in `num_shards` ArrayRecord files (WRITER_OPTIONS; 0 = TFDS's rule from the data
+  added in, per split, in `num_shards` ArrayRecord files (shards.WRITER_OPTIONS; 0 = TFDS's rule from the data
   size: files of 64 MiB to 1 GiB) with TFDS's shard boundaries. With `sizes` (each split's records and
   serialized bytes, known up front: `records.Encoder.size`) records go straight into their shard files;
   otherwise each split is streamed into one file, cut into shards at the end. A background thread compresses
   and writes while the caller encodes the next records; from PROCESS_FROM_BYTES of planned records a child
-  process (`_WriterProcess`) does, on the other core. The TFDS metadata (dataset_info.json, features.json) is written by
+  process (`shards.WriterProcess`) does, on the other core. The TFDS metadata (dataset_info.json, features.json) is written by
   `tfds.folder_dataset.write_metadata`, so `tfds.data_source` and `builder_from_directory` read the data set.
 
   Args:
@@ -305,13 +166,13 @@ class Writer:
     self._data_dir = os.path.join(self._tmp, "tfds", TFDS_NAME, TFDS_VERSION)
     os.makedirs(self._data_dir)
     self._bytes = dict.fromkeys(splits, 0)
-    self._files = {s: _SplitFiles(self._path, s, self._shard_ends(s, *sizes[s]) if sizes else None)
+    self._files = {s: shards.SplitFiles(self._path, s, self._shard_ends(s, *sizes[s]) if sizes else None)
                    for s in splits}
     self._buffers: dict[str, list[bytes]] = {s: [] for s in splits}
     self._pool = concurrent.futures.ThreadPoolExecutor(1)  # one thread: writes keep their order
     self._pending: collections.deque = collections.deque()
     total = sum(size for _, size in sizes.values()) if sizes else 0
-    self._process = (_WriterProcess(self._data_dir, {s: f.ends for s, f in self._files.items()},
+    self._process = (shards.WriterProcess(self._data_dir, {s: f.ends for s, f in self._files.items()},
                                     os.path.join(self._tmp, "writer-ring")) if sizes and total >= PROCESS_FROM_BYTES else None)
 
   def _shard_ends(self, split: str, users: int, size: int) -> list[int]:
@@ -334,7 +195,7 @@ class Writer:
       self._pending.popleft().result()
 
   def _path(self, split: str, shard: int, num_shards: int) -> str:
-    return shard_path(self._data_dir, split, shard, num_shards)
+    return shards.shard_path(self._data_dir, split, shard, num_shards)
 
   def __enter__(self) -> "Writer":
     return self
@@ -403,7 +264,7 @@ class Writer:
       if len(ends) > 1:
         reader, start = array_record_module.ArrayRecordReader(stream, "readahead_buffer_size:16777216"), 0
         for shard, end in enumerate(ends):
-          writer = array_record_module.ArrayRecordWriter(self._path(split, shard, len(ends)), WRITER_OPTIONS)
+          writer = array_record_module.ArrayRecordWriter(self._path(split, shard, len(ends)), shards.WRITER_OPTIONS)
           for a in range(start, end, 4096):
             for data in reader.read(a, min(a + 4096, end)):
               writer.write(data)

@@ -195,3 +195,19 @@ def test_known_sizes_write_the_same_files_as_the_cut_stream(tmp_path, monkeypatc
   with pytest.raises(ValueError, match="sizes said"):
     files("wrong", sizes={"train": (31, sizes["train"][1])})
   assert not (tmp_path / "wrong").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_dead_writer_process_is_one_error_and_leaves_nothing(tmp_path, monkeypatch):
+  psutil = pytest.importorskip("psutil")
+  monkeypatch.setattr(writer, "PROCESS_FROM_BYTES", 0)
+  out = tmp_path / "out"
+  with pytest.raises(OSError, match="the ArrayRecord writer process ended"):
+    with writer.Writer(str(out), features=FEATURES, splits=("train",), sizes={"train": (4000, 10**6)}) as w:
+      [child] = [p for p in psutil.Process().children() if "shards.serve" in " ".join(p.cmdline())]
+      child.kill()
+      child.wait()
+      for _ in range(4):
+        w.add_users("train", [f"u{j}" for j in range(1000)], np.full(1000, 3),
+                    {f["name"]: np.full(3000, 2, np.int32) for f in FEATURES})
+      w.finish()
+  assert not out.exists() and not list(tmp_path.iterdir())
