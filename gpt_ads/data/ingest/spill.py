@@ -115,9 +115,7 @@ class Runs:
       load = lambda name: np.concatenate([np.load(os.path.join(p, f"{name}.npy"), mmap_mode="r")[a:b]
                                           for p, _, a, b in pieces])
       user = load("user")
-      time = np.concatenate([base + np.load(os.path.join(p, "time.npy"), mmap_mode="r")[a:b].astype(np.int64) * step
-                             for p, _, a, b in pieces
-                             for base, step in [np.load(os.path.join(p, "time_base_step.npy")).tolist()]])
+      time = np.concatenate([_times(p, a, b) for p, _, a, b in pieces])
       order = user_time_order(user, time, lo, hi)
       from_test = np.concatenate([np.full(b - a, t) for _, t, a, b in pieces])
       yield (lo, hi), Part(user=user[order], time=time[order],
@@ -153,6 +151,12 @@ def time_steps(time: np.ndarray) -> tuple[int, int, np.ndarray]:
   if step > 1:
     rel //= step
   return lo, step, rel.astype(np.int32) if (hi - lo) // step <= np.iinfo(np.int32).max else rel
+
+
+def _times(path: str, a: int, b: int) -> np.ndarray:
+  """int64 times of rows [a, b) of the run at `path` (stored by `Runs.flush` as `time_steps`)."""
+  base, step = np.load(os.path.join(path, "time_base_step.npy")).tolist()
+  return base + np.load(os.path.join(path, "time.npy"), mmap_mode="r")[a:b].astype(np.int64) * step
 
 
 def user_time_order(user: np.ndarray, time: np.ndarray, lo: int, hi: int) -> np.ndarray:
