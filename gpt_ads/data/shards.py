@@ -58,7 +58,7 @@ class WriterProcess:
   the GIL, so a writer thread takes turns with the encoding instead of running beside it (measured: numpy in
   the main thread at 38% of its speed while a thread writes). Each batch of records is copied, joined, into
   one of SLOTS memory-mapped files next to the data set (`ring`: their pages stay resident, so a copy is a
-  memcpy); the pipe carries (split, slot, record lengths). The child writes the records into the planned shard
+  memcpy); the socket carries (split, slot, record lengths). The child writes the records into the planned shard
   files in order and answers each batch: None, or the one-line error it met. Only with a shard plan."""
 
   SLOTS = 3
@@ -71,9 +71,10 @@ class WriterProcess:
     import subprocess
     from multiprocessing.connection import Connection
     ours, theirs = socket.socketpair()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # gpt_ads as the caller found it
     self._process = subprocess.Popen(
         [sys.executable, "-c", "import sys; from gpt_ads.data import shards; shards.serve(int(sys.argv[1]))",
-         str(theirs.fileno())], pass_fds=(theirs.fileno(),))
+         str(theirs.fileno())], pass_fds=(theirs.fileno(),), env=env)
     theirs.close()
     self._conn = Connection(ours.detach())
     self._conn.send((data_dir, plans, ring))
@@ -168,6 +169,7 @@ def serve(fd: int) -> None:
       maps[slot] = m = mapped(f"{ring}-{slot}", ends[-1], maps[slot], grow=False)
       files[split].write([m[a:b] for a, b in zip(ends[:-1], ends[1:])])
       conn.send(None)
-    except (OSError, ValueError) as e:
-      conn.send(" ".join(str(e).split()))
+    except Exception as e:  # the child's boundary: whatever went wrong goes back as the parent's one line
+      conn.send(" ".join(f"{type(e).__name__}: {e}".split()) if not isinstance(e, (OSError, ValueError))
+                else " ".join(str(e).split()))
       return

@@ -125,9 +125,10 @@ class Writer:
   size: files of 64 MiB to 1 GiB) with TFDS's shard boundaries. With `sizes` (each split's records and
   serialized bytes, known up front: `records.Encoder.size`) records go straight into their shard files;
   otherwise each split is streamed into one file, cut into shards at the end. A background thread compresses
-  and writes while the caller encodes the next records; from PROCESS_FROM_BYTES of planned records a child
-  process (`shards.WriterProcess`) does, on the other core. The TFDS metadata (dataset_info.json, features.json) is written by
-  `tfds.folder_dataset.write_metadata`, so `tfds.data_source` and `builder_from_directory` read the data set.
+  and writes (ArrayRecord holds the GIL while it does, so the thread overlaps little); from PROCESS_FROM_BYTES
+  of planned records a child process does (`shards.WriterProcess`), on the other core. The TFDS metadata
+  (dataset_info.json, features.json) is written by `tfds.folder_dataset.write_metadata`, so `tfds.data_source`
+  and `builder_from_directory` read the data set.
 
   Args:
     features: [{name, vocab_size, loss, vocabulary, ...}] in schema order (extra keys are kept); `counts` is
@@ -171,9 +172,10 @@ class Writer:
     self._buffers: dict[str, list[bytes]] = {s: [] for s in splits}
     self._pool = concurrent.futures.ThreadPoolExecutor(1)  # one thread: writes keep their order
     self._pending: collections.deque = collections.deque()
-    total = sum(size for _, size in sizes.values()) if sizes else 0
-    self._process = (shards.WriterProcess(self._data_dir, {s: f.ends for s, f in self._files.items()},
-                                    os.path.join(self._tmp, "writer-ring")) if sizes and total >= PROCESS_FROM_BYTES else None)
+    self._process = None  # large planned data sets: the writes go to a child process, not the thread
+    if sizes and sum(size for _, size in sizes.values()) >= PROCESS_FROM_BYTES:
+      self._process = shards.WriterProcess(self._data_dir, {s: f.ends for s, f in self._files.items()},
+                                           os.path.join(self._tmp, "writer-ring"))
 
   def _shard_ends(self, split: str, users: int, size: int) -> list[int]:
     """The end record of each shard file of `split` (TFDS's boundaries and, for num_shards=0, its rule)."""
@@ -264,7 +266,8 @@ class Writer:
       if len(ends) > 1:
         reader, start = array_record_module.ArrayRecordReader(stream, "readahead_buffer_size:16777216"), 0
         for shard, end in enumerate(ends):
-          writer = array_record_module.ArrayRecordWriter(self._path(split, shard, len(ends)), shards.WRITER_OPTIONS)
+          writer = array_record_module.ArrayRecordWriter(self._path(split, shard, len(ends)),
+                                                         shards.WRITER_OPTIONS)
           for a in range(start, end, 4096):
             for data in reader.read(a, min(a + 4096, end)):
               writer.write(data)
