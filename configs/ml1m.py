@@ -39,7 +39,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       **size, max_len=200, dropout=0.2, dtype="float32", combine="sum", remat="none", scan_layers=False,
       vocab_pad_multiple=128, backbone="transformer",
       # "chain" (features=multi): the item first, so ranking items needs no sum over the genre or the context.
-      event_factorization="independent", event_order="item", attention="xla"))
+      event_factorization="independent", event_order="item", attention="xla",
+      # The item head's matmul fused with its cross-entropy, 4 time steps at a time (0 = [b, t, v] logits).
+      xent_chunk=4))
 
   c.data = ml_collections.ConfigDict()
   c.data.dir = ""  # required: the prepared ml-1m data set

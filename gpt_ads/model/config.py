@@ -41,6 +41,9 @@ class ModelConfig:
       (gpt_ads.model.chain.event_order).
     attention: "xla" (any device) or "cudnn" (NVIDIA GPUs: cuDNN's fused flash attention, causal by the kernel,
       packed segments by a mask; needs dtype bfloat16 and a head width that is a multiple of 8, at most 128).
+    xent_chunk: time steps per chunk of the fused head matmul + cross-entropy that training runs for exact
+      (softmax) features (gpt_ads.objective.losses.linear_softmax_xent; memory O(b chunk v), not O(b t v));
+      0 = form the [b, t, v] logits and differentiate through them.
   """
   d_model: int = 128
   num_layers: int = 4
@@ -57,6 +60,7 @@ class ModelConfig:
   event_factorization: str = "independent"
   event_order: str = ""
   attention: str = "xla"
+  xent_chunk: int = 4
 
   def __post_init__(self):
     if self.d_model % self.num_heads:
@@ -75,6 +79,8 @@ class ModelConfig:
     if self.attention == "cudnn" and (self.dtype != "bfloat16" or head_dim % 8 or head_dim > 128):
       raise ValueError(f"config.model.attention='cudnn' needs dtype='bfloat16' and a head width (d_model / "
                        f"num_heads = {head_dim}) that is a multiple of 8 and at most 128; use attention='xla'")
+    if self.xent_chunk < 0:
+      raise ValueError(f"config.model.xent_chunk={self.xent_chunk} must be >= 0 (0 = no fusion)")
     if self.event_factorization not in FACTORIZATIONS:
       raise ValueError(f"config.model.event_factorization={self.event_factorization!r} must be one of "
                        f"{list(FACTORIZATIONS)}")

@@ -2,7 +2,9 @@
 
 - `softmax` features: dense logits over the (padded) vocabulary, [b, t, v], invalid ids (PAD, padding rows)
   pushed to ~-1e9 (a constant [v] offset, so the backward pass is the identity, not a [b, t, v] select), so the
-  model's logits are a proper distribution as they stand.
+  model's logits are a proper distribution as they stand. With `logits=False` (what training asks for) the head
+  returns the matmul that makes them instead (`LinearLogits`), so the loss can run it fused with the
+  cross-entropy, chunk by chunk (gpt_ads.objective.losses.linear_softmax_xent), and [b, t, v] is never held.
 - `sampled_softmax` features: a query in the feature's embedding space, [b, t, e]. Scores against candidate ids
   are `query . table[id] + bias[id]`, with `table` the input embedding table (tied) or the head's own (untied);
   `output_table` fetches them from the params so losses can score any subset of ids.
@@ -14,6 +16,8 @@
 
 Einsum letters: b batch, t time, d model width, e feature embedding width, v vocabulary.
 """
+
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -67,8 +71,15 @@ class SampledHead(nn.Module):
     return q.astype(jnp.float32), gates.astype(jnp.float32)
 
 
+class LinearLogits(NamedTuple):
+  """An exact feature's logits as the matmul that makes them: logits [b, t, v] = inputs . kernel (f32 accumulation)."""
+  inputs: jax.Array  # [b, t, d + 1] in the compute dtype, the last column 1
+  kernel: jax.Array  # [d + 1, v] in the compute dtype, the last row bias + invalid_offset
+
+
 class SoftmaxHead(nn.Module):
-  """Logits over the padded vocabulary: [b, t, d] -> [b, t, v] f32 = h . kernel + bias + `invalid_offset`.
+  """Logits over the padded vocabulary: [b, t, d] -> [b, t, v] f32 = h . kernel + bias + `invalid_offset`, or with
+  `logits=False` the same as `LinearLogits`.
 
   The [v] bias and offset ride in the matmul as one more input row against a constant-1 column of h
   ([b, t, d + 1] x [d + 1, v]): added afterwards they cost a separate read and write of the [b, t, v] logits
@@ -81,7 +92,7 @@ class SoftmaxHead(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, h: jax.Array) -> jax.Array:
+  def __call__(self, h: jax.Array, logits: bool = True) -> jax.Array | LinearLogits:
     f, cfg = self.spec, self.cfg
     v = padded_vocab(f.vocab_size, cfg.vocab_pad_multiple)
     kernel_init = nn.with_logical_partitioning(nn.initializers.lecun_normal(), (axes.P_EMBED, axes.P_VOCAB))
@@ -91,8 +102,11 @@ class SoftmaxHead(nn.Module):
     h1 = jnp.concatenate([h, jnp.ones(h.shape[:-1] + (1,), h.dtype)], axis=-1)  # [b, t, d + 1]
     w1 = jnp.concatenate([kernel, shift[None]], axis=0)  # [d + 1, v]
     dtype = jnp.dtype(cfg.dtype)
-    logits = jnp.einsum("btd,dv->btv", h1.astype(dtype), w1.astype(dtype), preferred_element_type=jnp.float32)
-    return nn.with_logical_constraint(logits, (axes.BATCH, axes.LENGTH, axes.VOCAB))
+    h1, w1 = h1.astype(dtype), w1.astype(dtype)
+    if not logits:
+      return LinearLogits(h1, w1)
+    out = jnp.einsum("btd,dv->btv", h1, w1, preferred_element_type=jnp.float32)
+    return nn.with_logical_constraint(out, (axes.BATCH, axes.LENGTH, axes.VOCAB))
 
 
 def copy_keys(name: str) -> tuple[str, str]:
@@ -132,8 +146,9 @@ def take_at(x: jax.Array, at: jax.Array) -> jax.Array:
 
 
 class FeatureHeads(nn.Module):
-  """[b, t, d] hidden states -> {feature: logits [b, t, v] or query [b, t, e]} (f32), plus for features with a
-  copy term {copy_keys(name): (gates [b, t, k] f32, recent ids [b, t, k] int32)}. With `at` ([b] positions)
+  """[b, t, d] hidden states -> {feature: logits [b, t, v] (`LinearLogits` with `logits=False`) or query [b, t, e]}
+  (f32), plus for features with a copy term {copy_keys(name): (gates [b, t, k] f32, recent ids [b, t, k] int32)}.
+  With `at` ([b] positions)
   every output is taken at those positions only: t = 1, and the heads' matmuls run on [b, 1, d]. Under the
   "chain" factorization (gpt_ads.model.chain) feature j's head reads `ChainInput` (params `chain_<name>`) of
   the hidden state and `values`: {name: embedding [b, t or 1, e] of the next event's value} of the features
@@ -147,7 +162,7 @@ class FeatureHeads(nn.Module):
 
   @nn.compact
   def __call__(self, h: jax.Array, batch: dict[str, jax.Array], at: jax.Array | None = None,
-               values: dict[str, jax.Array] | None = None) -> dict[str, jax.Array]:
+               values: dict[str, jax.Array] | None = None, logits: bool = True) -> dict[str, jax.Array]:
     cfg = self.cfg
     if at is not None:
       h = take_at(h, at)  # [b, 1, d]
@@ -166,7 +181,7 @@ class FeatureHeads(nn.Module):
       elif f.sampled:
         out[f.name] = SampledHead(f, cfg, name=f.name)(hf)
       else:
-        out[f.name] = SoftmaxHead(f, cfg, name=f.name)(hf)
+        out[f.name] = SoftmaxHead(f, cfg, name=f.name)(hf, logits=logits)
     return out
 
 

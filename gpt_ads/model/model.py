@@ -8,7 +8,8 @@ at position t scores the feature's value of the NEXT event (t + 1) of the same u
 user representation after event t. `at` ([b] positions) applies the heads at one position per row only
 (outputs [b, 1, ...]): what scoring the next event needs, without an exact feature's [b, t, v] logits. A
 sampled feature with a copy term (`copy_lags`) adds two more outputs (`heads.copy_keys`): its gates and the ids
-they apply to.
+they apply to. `logits=False` gives an exact feature's logits as `heads.LinearLogits` (the matmul that makes
+them), for a loss that fuses it with the cross-entropy (what training does).
 
 Under `cfg.event_factorization == "chain"` (gpt_ads.model.chain) a feature's output also conditions on the next
 event's values of the features before it in `event_order`: teacher-forced from `batch` one position on, or with
@@ -40,7 +41,7 @@ class Model(nn.Module):
 
   @nn.compact
   def __call__(self, batch: dict[str, jax.Array], *, deterministic: bool = True, at: jax.Array | None = None,
-               given: dict[str, jax.Array] | None = None, hidden: jax.Array | None = None):
+               given: dict[str, jax.Array] | None = None, hidden: jax.Array | None = None, logits: bool = True):
     conditioning = sorted({n for names in chain.earlier(self.schema, self.cfg).values() for n in names})
     x, values = FeatureEmbed(self.schema, self.cfg, name="embed")(
         batch, lookup=chain.next_ids(batch, conditioning, at, given))  # [b, t, d], {name: [b, t or 1, e]}
@@ -48,7 +49,7 @@ class Model(nn.Module):
       x = nn.Dropout(self.cfg.dropout)(x, deterministic=deterministic)
       backbone = RecurrentDecoder if self.cfg.backbone == "lstm" else Decoder
       hidden = backbone(self.cfg, deterministic, name="decoder")(x, batch[features_lib.SEGMENT_IDS])  # [b, t, d]
-    outputs = FeatureHeads(self.schema, self.cfg, name="heads")(hidden, batch, at=at, values=values)
+    outputs = FeatureHeads(self.schema, self.cfg, name="heads")(hidden, batch, at=at, values=values, logits=logits)
     return outputs, hidden.astype(jnp.float32)
 
 

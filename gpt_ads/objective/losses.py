@@ -1,7 +1,10 @@
 """Per-example losses. Keyword-only, they return per-position values [b, t]; reduction is the caller's.
 
-Einsum letters: b batch, t time, e embedding width, v vocabulary, n negatives, c vocabulary chunk.
+Einsum letters: b batch, t time, e embedding width, v vocabulary, n negatives, c vocabulary chunk,
+k time chunk, d the head's input width.
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +17,84 @@ def softmax_xent(*, logits: jax.Array, labels: jax.Array) -> jax.Array:
   logits = logits.astype(jnp.float32)
   label_logit = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
   return jax.nn.logsumexp(logits, axis=-1) - label_logit
+
+
+def _time_chunks(x: jax.Array, chunk: int) -> jax.Array:
+  """[b, t, ...] -> [t / chunk, b, chunk, ...] (t padded with zeros to a multiple of chunk): the batch axis, and
+  so its sharding, stays whole inside every chunk."""
+  b, t = x.shape[:2]
+  n = -(-t // chunk)
+  x = jnp.pad(x, ((0, 0), (0, n * chunk - t)) + ((0, 0),) * (x.ndim - 2))
+  return jnp.swapaxes(x.reshape((b, n, chunk) + x.shape[2:]), 0, 1)
+
+
+def _from_time_chunks(x: jax.Array, t: int) -> jax.Array:
+  """The inverse of `_time_chunks`: [n, b, chunk, ...] -> [b, t, ...]."""
+  n, b, chunk = x.shape[:3]
+  return jnp.swapaxes(x, 0, 1).reshape((b, n * chunk) + x.shape[3:])[:, :t]
+
+
+def _chunk_nll(x, kernel, labels):
+  """One chunk's logits x . kernel ([b, k, v] f32, in x's dtype with f32 accumulation) and nll [b, k]."""
+  logits = jnp.einsum("bkd,dv->bkv", x, kernel.astype(x.dtype), preferred_element_type=jnp.float32)
+  label_logit = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+  return logits, jax.nn.logsumexp(logits, axis=-1) - label_logit
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def linear_softmax_xent(inputs: jax.Array, kernel: jax.Array, labels: jax.Array, weights: jax.Array,
+                        chunk: int) -> jax.Array:
+  """Σ_{b,t} weights · exact cross-entropy of the logits inputs . kernel, without ever holding the [b, t, v] logits.
+
+  The head's matmul and the softmax cross-entropy run fused over chunks of `chunk` time steps of every row
+  ([b, chunk, v] logits at a time, which stay in cache on a CPU), and the gradient is formed in the same pass
+  as the loss (softmax minus one-hot, then the two matmuls back): one pass of the logits instead of the three
+  to five [b, t, v] reads and writes of logits -> logsumexp -> autodiff. It is a scalar's VJP, so the gradient
+  computed forward is scaled by the cotangent afterwards (the trick of fused linear cross-entropy kernels).
+  Plain evaluation (no gradient) takes the loss-only pass.
+
+  Args:
+    inputs: [b, t, d] the head's input (its dtype is the matmul's; accumulation and the softmax are f32).
+    kernel: [d, v] (the bias and the invalid-id offset ride in it, heads.SoftmaxHead).
+    labels: [b, t] int; weights: [b, t] f32 (0 where a position is not a target; e.g. mask / number of targets).
+    chunk: time steps per chunk (static).
+  Returns:
+    [] f32: Σ weights · nll.
+  """
+  def body(total, xs):
+    x, y, w = xs
+    return total + jnp.sum(w * _chunk_nll(x, kernel, y)[1]), None
+  total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32),
+                          tuple(_time_chunks(a, chunk) for a in (inputs, labels, weights)))
+  return total
+
+
+def _linear_softmax_xent_fwd(inputs, kernel, labels, weights, chunk):
+  def body(carry, xs):
+    total, d_kernel = carry
+    x, y, w = xs  # [b, k, d], [b, k], [b, k]
+    logits, nll = _chunk_nll(x, kernel, y)
+    g = (jax.nn.softmax(logits, axis=-1) - jax.nn.one_hot(y, logits.shape[-1], dtype=logits.dtype)) * w[..., None]
+    g = g.astype(x.dtype)  # [b, k, v] d(w . nll) / d logits
+    d_x = jnp.einsum("bkv,dv->bkd", g, kernel.astype(x.dtype), preferred_element_type=jnp.float32)
+    d_kernel = d_kernel + jnp.einsum("bkd,bkv->dv", x, g, preferred_element_type=jnp.float32)
+    return (total + jnp.sum(w * nll), d_kernel), (d_x, nll)
+
+  zeros = (jnp.zeros((), jnp.float32), jnp.zeros(kernel.shape, jnp.float32))
+  (total, d_kernel), (d_x, nll) = jax.lax.scan(
+      body, zeros, tuple(_time_chunks(a, chunk) for a in (inputs, labels, weights)))
+  t = inputs.shape[1]
+  d_x = _from_time_chunks(d_x, t).astype(inputs.dtype)
+  return total, (d_x, d_kernel.astype(kernel.dtype), _from_time_chunks(nll, t))
+
+
+def _linear_softmax_xent_bwd(chunk, residuals, g):
+  del chunk
+  d_x, d_kernel, nll = residuals
+  return (g * d_x).astype(d_x.dtype), (g * d_kernel).astype(d_kernel.dtype), None, g * nll
+
+
+linear_softmax_xent.defvjp(_linear_softmax_xent_fwd, _linear_softmax_xent_bwd)
 
 
 def sampled_softmax(*, query: jax.Array, labels: jax.Array, table: jax.Array, bias: jax.Array,

@@ -6,12 +6,15 @@ across users in a packed row nor into padding. Each feature's NLL is averaged ov
 the (weighted, for training) sum over features: nats per predicted event.
 """
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from gpt_ads import features as features_lib
+from gpt_ads.model import axes
 from gpt_ads.model.chain import next_event
-from gpt_ads.model.heads import copy_inputs, output_table
+from gpt_ads.model.heads import LinearLogits, copy_inputs, output_table
 from gpt_ads.objective import losses, negatives
 
 
@@ -43,10 +46,35 @@ def draw_negatives(batch: dict[str, jax.Array], rng: jax.Array, *, schema: featu
           for i, f in enumerate(schema) if f.sampled}
 
 
+def fused_softmax_xent(out: LinearLogits, labels: jax.Array, weights: jax.Array, chunk: int) -> jax.Array:
+  """Σ weights · nll of an exact feature's `LinearLogits` by losses.linear_softmax_xent, per device.
+
+  Under a mesh (jax.set_mesh) whose logical axis rules (the active nn.logical_axis_rules) shard the batch, each
+  device runs the chunks of its own rows in a shard_map and the sums meet in one psum: left to the partitioner,
+  the kernel's gradient, accumulated over the chunks in the loop, is all-reduced once per chunk instead (the
+  largest op of the ML-1M step in a profile). The kernel enters whole (an exact head's vocabulary is small)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  batch_axes = None if mesh.empty else nn.logical_to_mesh_axes((axes.BATCH,))[0]
+  if batch_axes is None:
+    return losses.linear_softmax_xent(out.inputs, out.kernel, labels, weights, chunk)
+  names = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes)
+
+  def local(x, kernel, y, w):
+    return jax.lax.psum(losses.linear_softmax_xent(x, kernel, y, w, chunk), names)
+
+  rows = P(batch_axes)
+  # check_vma off: the loss's scan starts its carries from constants, which the varying-axes check rejects.
+  return jax.shard_map(local, mesh=mesh, in_specs=(rows, P(), rows, rows), out_specs=P(), check_vma=False)(
+      out.inputs, out.kernel, labels, weights)
+
+
 def training_loss(params, outputs: dict[str, jax.Array], batch: dict[str, jax.Array],
                   negs: dict[str, negatives.Negatives], *, schema: features_lib.Schema,
-                  num_targets: dict[str, jax.Array] | None = None):
+                  num_targets: dict[str, jax.Array] | None = None, xent_chunk: int = 0):
   """-> (weighted total loss, {name: mean nll}). Sampled features score against `negs` (`draw_negatives`).
+  Exact features take logits [b, t, v] or `LinearLogits` (the model's `logits=False`): with `xent_chunk` > 0 the
+  head's matmul then runs fused with the cross-entropy, `xent_chunk` time steps at a time
+  (losses.linear_softmax_xent: the same loss and gradient, without the [b, t, v] logits).
 
   Each feature's summed NLL is divided by `num_targets[name]`: by default this batch's own `target_counts`
   (a mean). When `batch` is one micro-batch of a step, pass the whole step's counts: the micro-batches' losses
@@ -55,15 +83,20 @@ def training_loss(params, outputs: dict[str, jax.Array], batch: dict[str, jax.Ar
   num_targets = target_counts(batch, schema) if num_targets is None else num_targets
   per_feature = {}
   for f in schema:
-    out = outputs[f.name]
+    out, weights = outputs[f.name], mask[f.name].astype(jnp.float32) / num_targets[f.name]
+    if isinstance(out, LinearLogits) and xent_chunk:
+      per_feature[f.name] = fused_softmax_xent(out, labels[f.name], weights, xent_chunk)
+      continue
     if f.sampled:
       table, bias = output_table(params, f)
       neg = negs[f.name]
       nll = losses.sampled_softmax(query=out, labels=labels[f.name], table=table, bias=bias, neg_ids=neg.ids,
                                    neg_log_q=neg.log_q, copy=copy_inputs(outputs, f))
     else:
+      if isinstance(out, LinearLogits):
+        out = jnp.einsum("btd,dv->btv", out.inputs, out.kernel, preferred_element_type=jnp.float32)
       nll = losses.softmax_xent(logits=out, labels=labels[f.name])
-    per_feature[f.name] = jnp.sum(nll * mask[f.name].astype(jnp.float32)) / num_targets[f.name]
+    per_feature[f.name] = jnp.sum(nll * weights)
   total = sum(f.weight * per_feature[f.name] for f in schema)
   return total, per_feature
 

@@ -54,8 +54,10 @@ def step_gradients(params, batch: dict[str, jax.Array], rng: jax.Array, *, model
 
   def loss_fn(params, mb, drop_rng, neg):
     with nn.logical_axis_rules(rule_set):
-      outputs, _ = view_model.apply({"params": params}, mb, deterministic=False, rngs={"dropout": drop_rng})
-    return objective.training_loss(params, outputs, mb, neg, schema=schema, num_targets=num_targets)
+      outputs, _ = view_model.apply({"params": params}, mb, deterministic=False, rngs={"dropout": drop_rng},
+                                    logits=False)
+      return objective.training_loss(params, outputs, mb, neg, schema=schema, num_targets=num_targets,
+                                     xent_chunk=model.cfg.xent_chunk)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if k == 1:

@@ -58,6 +58,57 @@ def test_chunked_full_softmax_is_exact(chunk):
   assert_close(nll, _exact(query, table, bias, labels))
 
 
+def _linear_case(b=3, t=5, d=6, v=40, seed=4):
+  k = jax.random.split(jax.random.key(seed), 4)
+  inputs = jax.random.normal(k[0], (b, t, d))
+  kernel = jax.random.normal(k[1], (d, v))
+  labels = jax.random.randint(k[2], (b, t), 0, v)
+  weights = jax.random.uniform(k[3], (b, t)) * (jax.random.uniform(k[0], (b, t)) < 0.8)  # some positions off
+  return inputs, kernel, labels, weights
+
+
+def _linear_reference(inputs, kernel, labels, weights):
+  logits = jnp.einsum("btd,dv->btv", inputs, kernel)
+  return jnp.sum(weights * losses.softmax_xent(logits=logits, labels=labels))
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 5, 8])  # 2 and 8 do not divide t = 5: the time axis is padded
+def test_fused_linear_softmax_xent_is_the_logits_loss_and_gradient(chunk):
+  inputs, kernel, labels, weights = _linear_case()
+  fused = lambda x, k, w: 2.5 * losses.linear_softmax_xent(x, k, labels, w, chunk)  # noqa: E731
+  reference = lambda x, k, w: 2.5 * _linear_reference(x, k, labels, w)  # noqa: E731
+  value, grads = jax.value_and_grad(fused, argnums=(0, 1, 2))(inputs, kernel, weights)
+  want_value, want_grads = jax.value_and_grad(reference, argnums=(0, 1, 2))(inputs, kernel, weights)
+  assert_close(value, want_value)
+  assert_close(jax.jit(fused)(inputs, kernel, weights), want_value)  # the loss-only pass (no gradient)
+  for got, want, name in zip(grads, want_grads, ("inputs", "kernel", "weights")):
+    assert_close(got, want, err_msg=name)
+
+
+def test_fused_softmax_xent_per_device_under_a_batch_sharded_mesh():
+  """objective.fused_softmax_xent's shard_map path (8 devices, batch over data x fsdp by the default rules) gives
+  the single-device loss and gradient: the per-device sums meet in the psum, the kernel's gradient too."""
+  from flax import linen as nn  # the logical axis rules the train step runs under
+  from gpt_ads.model.heads import LinearLogits
+  from gpt_ads.objective import objective
+  from gpt_ads.training import sharding
+  inputs, kernel, labels, weights = _linear_case(b=16, t=6)
+  mesh = sharding.make_mesh(dict(data=4, fsdp=2, tensor=1))
+  rows = sharding.batch_sharding(mesh, sharding.DEFAULT_RULES)
+
+  def loss(x, k, w):
+    return objective.fused_softmax_xent(LinearLogits(x, k), labels, w, 4)
+
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
+    x, y, w = (jax.device_put(a, rows) for a in (inputs, labels, weights))
+    value, grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(x, kernel, w)
+  want_value, want_grads = jax.value_and_grad(
+      lambda x, k, w: _linear_reference(x, k, labels, w), argnums=(0, 1, 2))(inputs, kernel, weights)
+  assert_close(value, want_value)
+  for got, want, name in zip(grads, want_grads, ("inputs", "kernel", "weights")):
+    assert_close(got, want, err_msg=name)
+
+
 def _copy_case(labels, lags=2):
   """Gates and recent ids over a packed [3, 5] batch: row 0 holds two users, so lags never cross into user 1."""
   seg = jnp.array([[1, 1, 2, 2, 2], [1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])

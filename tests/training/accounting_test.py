@@ -12,7 +12,9 @@ from gpt_ads.training import accounting, optim, sharding, steps, train_state
 
 def _flops(overrides):
   """-> (XLA's flop count of one compiled train step on 1 device, the formula's count for the same batch)."""
-  c = tiny_config(**{"mesh.data": 1, "model.scan_layers": False, **overrides})  # XLA counts a loop body once
+  # XLA counts a loop body once: layers unrolled, and the exact heads' logits formed whole (xent_chunk 0), not in
+  # the fused loss's loop over time chunks (the same three matmuls either way).
+  c = tiny_config(**{"mesh.data": 1, "model.scan_layers": False, "model.xent_chunk": 0, **overrides})
   schema = features.Schema.from_config(c.schema.features)
   model = Model(schema, ModelConfig.from_config(c.model))
   mesh, rules = sharding.make_mesh(c.mesh, jax.devices()[:1]), sharding.rules(c)
