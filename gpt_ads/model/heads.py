@@ -76,6 +76,10 @@ class LinearLogits(NamedTuple):
   inputs: jax.Array  # [b, t, d + 1] in the compute dtype, the last column 1
   kernel: jax.Array  # [d + 1, v] in the compute dtype, the last row bias + invalid_offset
 
+  def logits(self) -> jax.Array:
+    """[b, t, v] f32."""
+    return jnp.einsum("btd,dv->btv", self.inputs, self.kernel, preferred_element_type=jnp.float32)
+
 
 class SoftmaxHead(nn.Module):
   """Logits over the padded vocabulary: [b, t, d] -> [b, t, v] f32 = h . kernel + bias + `invalid_offset`, or with
@@ -103,10 +107,10 @@ class SoftmaxHead(nn.Module):
     w1 = jnp.concatenate([kernel, shift[None]], axis=0)  # [d + 1, v]
     dtype = jnp.dtype(cfg.dtype)
     h1, w1 = h1.astype(dtype), w1.astype(dtype)
+    factors = LinearLogits(h1, w1)
     if not logits:
-      return LinearLogits(h1, w1)
-    out = jnp.einsum("btd,dv->btv", h1, w1, preferred_element_type=jnp.float32)
-    return nn.with_logical_constraint(out, (axes.BATCH, axes.LENGTH, axes.VOCAB))
+      return factors
+    return nn.with_logical_constraint(factors.logits(), (axes.BATCH, axes.LENGTH, axes.VOCAB))
 
 
 def copy_keys(name: str) -> tuple[str, str]:

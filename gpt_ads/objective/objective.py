@@ -93,9 +93,8 @@ def training_loss(params, outputs: dict[str, jax.Array], batch: dict[str, jax.Ar
       nll = losses.sampled_softmax(query=out, labels=labels[f.name], table=table, bias=bias, neg_ids=neg.ids,
                                    neg_log_q=neg.log_q, copy=copy_inputs(outputs, f))
     else:
-      if isinstance(out, LinearLogits):
-        out = jnp.einsum("btd,dv->btv", out.inputs, out.kernel, preferred_element_type=jnp.float32)
-      nll = losses.softmax_xent(logits=out, labels=labels[f.name])
+      logits = out.logits() if isinstance(out, LinearLogits) else out
+      nll = losses.softmax_xent(logits=logits, labels=labels[f.name])
     per_feature[f.name] = jnp.sum(nll * weights)
   total = sum(f.weight * per_feature[f.name] for f in schema)
   return total, per_feature
