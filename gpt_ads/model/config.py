@@ -42,8 +42,9 @@ class ModelConfig:
     attention: "xla" (any device) or "cudnn" (NVIDIA GPUs: cuDNN's fused flash attention, causal by the kernel,
       packed segments by a mask; needs dtype bfloat16 and a head width that is a multiple of 8, at most 128).
     xent_chunk: time steps per chunk of the fused head matmul + cross-entropy that training runs for exact
-      (softmax) features (gpt_ads.objective.losses.linear_softmax_xent; memory O(b chunk v), not O(b t v));
-      0 = form the [b, t, v] logits and differentiate through them.
+      (softmax) features of at least objective.FUSED_MIN_VOCAB padded ids (gpt_ads.objective.losses.
+      linear_softmax_xent; memory O(b chunk v), not O(b t v)); 0 = always form the [b, t, v] logits and
+      differentiate through them.
   """
   d_model: int = 128
   num_layers: int = 4

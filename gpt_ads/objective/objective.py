@@ -46,6 +46,12 @@ def draw_negatives(batch: dict[str, jax.Array], rng: jax.Array, *, schema: featu
           for i, f in enumerate(schema) if f.sampled}
 
 
+# The fused head pays from this padded vocabulary up: below it the [b, t, v] logits are small and its chunk loop
+# costs more than the passes it saves (head loss + gradient alone, 2 cores, fused / logits time: v 128 1.38-1.45x,
+# 256 0.70-1.49x, 512 0.57-0.72x, 4096 0.37-0.55x at d 64-256; BUILD_NOTES "The head fused with its cross-entropy").
+FUSED_MIN_VOCAB = 512
+
+
 def fused_softmax_xent(out: LinearLogits, labels: jax.Array, weights: jax.Array, chunk: int) -> jax.Array:
   """Σ weights · nll of an exact feature's `LinearLogits` by losses.linear_softmax_xent, per device.
 
@@ -74,7 +80,8 @@ def training_loss(params, outputs: dict[str, jax.Array], batch: dict[str, jax.Ar
   """-> (weighted total loss, {name: mean nll}). Sampled features score against `negs` (`draw_negatives`).
   Exact features take logits [b, t, v] or `LinearLogits` (the model's `logits=False`): with `xent_chunk` > 0 the
   head's matmul then runs fused with the cross-entropy, `xent_chunk` time steps at a time
-  (losses.linear_softmax_xent: the same loss and gradient, without the [b, t, v] logits).
+  (losses.linear_softmax_xent: the same loss and gradient, without the [b, t, v] logits), for vocabularies of
+  at least FUSED_MIN_VOCAB padded ids; smaller ones form their logits.
 
   Each feature's summed NLL is divided by `num_targets[name]`: by default this batch's own `target_counts`
   (a mean). When `batch` is one micro-batch of a step, pass the whole step's counts: the micro-batches' losses
@@ -84,7 +91,7 @@ def training_loss(params, outputs: dict[str, jax.Array], batch: dict[str, jax.Ar
   per_feature = {}
   for f in schema:
     out, weights = outputs[f.name], mask[f.name].astype(jnp.float32) / num_targets[f.name]
-    if isinstance(out, LinearLogits) and xent_chunk:
+    if isinstance(out, LinearLogits) and xent_chunk and out.kernel.shape[-1] >= FUSED_MIN_VOCAB:
       per_feature[f.name] = fused_softmax_xent(out, labels[f.name], weights, xent_chunk)
       continue
     if f.sampled:

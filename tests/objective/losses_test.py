@@ -109,6 +109,28 @@ def test_fused_softmax_xent_per_device_under_a_batch_sharded_mesh():
     assert_close(got, want, err_msg=name)
 
 
+@pytest.mark.parametrize("vocab", [128, 512])
+def test_training_loss_fuses_the_exact_head_from_the_vocabulary_where_it_pays(vocab):
+  """training_loss runs the fused loop (a scan) only for heads of >= FUSED_MIN_VOCAB padded ids, forms the logits
+  below it, and both give the logits path's loss."""
+  from gpt_ads.model.heads import LinearLogits
+  from gpt_ads.objective import objective
+  schema = features.Schema.from_config({"item": dict(vocab_size=vocab, loss="softmax", embed_dim=4)})
+  inputs, kernel, _, _ = _linear_case(b=2, t=6, v=vocab)
+  ids = jax.random.randint(jax.random.key(1), (2, 6), 2, vocab)
+  batch = {"item": ids, features.SEGMENT_IDS: jnp.ones((2, 6), jnp.int32),
+           features.POSITIONS: jnp.broadcast_to(jnp.arange(6), (2, 6))}
+
+  def loss(chunk):
+    out = {"item": LinearLogits(inputs, kernel)}
+    return objective.training_loss({}, out, batch, {}, schema=schema, xent_chunk=chunk)[0]
+
+  fused = objective.FUSED_MIN_VOCAB <= vocab
+  assert ("scan" in str(jax.make_jaxpr(lambda: loss(4))())) == fused
+  assert "scan" not in str(jax.make_jaxpr(lambda: loss(0))())
+  assert_close(loss(4), loss(0))
+
+
 def _copy_case(labels, lags=2):
   """Gates and recent ids over a packed [3, 5] batch: row 0 holds two users, so lags never cross into user 1."""
   seg = jnp.array([[1, 1, 2, 2, 2], [1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
