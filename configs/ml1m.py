@@ -41,7 +41,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # "chain" (features=multi): the item first, so ranking items needs no sum over the genre or the context.
       event_factorization="independent", event_order="item", attention="xla",
       # The item head's matmul fused with its cross-entropy, 4 time steps at a time (0 = [b, t, v] logits).
-      xent_chunk=4))
+      xent_chunk=4,
+      # The item head's matmul in bf16 (accumulation and softmax f32): ~10% of the step on bf16 CPUs.
+      head_dtype="bfloat16"))
 
   c.data = ml_collections.ConfigDict()
   c.data.dir = ""  # required: the prepared ml-1m data set

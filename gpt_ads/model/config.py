@@ -45,6 +45,9 @@ class ModelConfig:
       (softmax) features of at least objective.FUSED_MIN_VOCAB padded ids (gpt_ads.objective.losses.
       linear_softmax_xent; memory O(b chunk v), not O(b t v)); 0 = always form the [b, t, v] logits and
       differentiate through them.
+    head_dtype: compute dtype of the exact heads' matmul ("" = dtype); its accumulation, the softmax and the
+      cross-entropy stay f32. bfloat16 with an f32 body halves the cost of a large vocabulary's matmuls where
+      the hardware has bf16 units (MaxText's bf16 logits dot), without the casts of a bf16 body.
   """
   d_model: int = 128
   num_layers: int = 4
@@ -62,6 +65,7 @@ class ModelConfig:
   event_order: str = ""
   attention: str = "xla"
   xent_chunk: int = 4
+  head_dtype: str = ""
 
   def __post_init__(self):
     if self.d_model % self.num_heads:
@@ -72,6 +76,9 @@ class ModelConfig:
       raise ValueError(f"config.model.remat={self.remat!r} must be one of {sorted(REMAT_POLICIES)}")
     if self.dtype not in ("float32", "bfloat16"):
       raise ValueError(f"config.model.dtype={self.dtype!r} must be 'float32' or 'bfloat16'")
+    if self.head_dtype not in ("", "float32", "bfloat16"):
+      raise ValueError(f"config.model.head_dtype={self.head_dtype!r} must be '', 'float32' or 'bfloat16' "
+                       "('' = config.model.dtype)")
     if self.backbone not in BACKBONES:
       raise ValueError(f"config.model.backbone={self.backbone!r} must be one of {list(BACKBONES)}")
     if self.attention not in ATTENTION:

@@ -111,6 +111,25 @@ def test_bfloat16_compute_is_the_float32_model_to_bf16_precision(model_and_param
   assert not np.array_equal(np.asarray(hb), np.asarray(ha))
 
 
+def test_bfloat16_head_leaves_the_float32_body_and_rounds_only_the_exact_heads(model_and_params):
+  """head_dtype='bfloat16': the body's hidden states are the f32 model's bit for bit, the exact heads' matmul
+  runs in bf16 (LinearLogits in bf16, logits within 4 bf16 ulps of the f32 scale), the sampled heads unchanged."""
+  model, params = model_and_params
+  bf16 = Model(model.schema, ModelConfig(**{**model.cfg.__dict__, "head_dtype": "bfloat16"}))
+  batch = _random_batch(model.schema, 2, 16)
+  (a, ha), (b, hb) = model.apply({"params": params}, batch), bf16.apply({"params": params}, batch)
+  np.testing.assert_array_equal(np.asarray(hb), np.asarray(ha))
+  bf16_eps = float(jnp.finfo(jnp.bfloat16).eps)
+  factors, _ = bf16.apply({"params": params}, batch, logits=False)
+  for f in model.schema:
+    if f.sampled:
+      np.testing.assert_array_equal(np.asarray(b[f.name]), np.asarray(a[f.name]), err_msg=f.name)
+      continue
+    assert factors[f.name].inputs.dtype == jnp.bfloat16 and b[f.name].dtype == jnp.float32, f.name
+    assert_close(b[f.name], a[f.name], rtol=4 * bf16_eps, scale_tol=4 * bf16_eps, err_msg=f.name)
+    assert not np.array_equal(np.asarray(b[f.name]), np.asarray(a[f.name])), f.name
+
+
 @pytest.mark.parametrize("overrides", [dict(dtype="bfloat16"), dict(combine="concat"), dict(scan_layers=False),
                                        dict(dropout=0.1)])
 def test_variants_run(overrides):
@@ -126,6 +145,8 @@ def test_variants_run(overrides):
 def test_bad_model_config_is_rejected():
   with pytest.raises(ValueError, match="divisible by num_heads"):
     ModelConfig(d_model=30, num_heads=4)
+  with pytest.raises(ValueError, match="head_dtype"):
+    ModelConfig(head_dtype="float16")
   with pytest.raises(ValueError, match="remat"):
     ModelConfig(remat="sometimes")
   with pytest.raises(ValueError, match="attention"):
