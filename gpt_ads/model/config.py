@@ -32,7 +32,11 @@ class ModelConfig:
     dtype: compute dtype, "float32" or "bfloat16" (params and accumulation stay f32).
     combine: "sum" or "concat" (then project) of the per-feature input embeddings.
     remat: one of REMAT_POLICIES.
-    scan_layers: scan the blocks (flat compile time) or unroll them.
+    scan_layers: the blocks' params stacked on a "layers" axis and run by a scan, or one param tree per block
+      (`layer_<i>`): a shape key (it changes the checkpoint's layout).
+    scan_unroll: blocks per iteration of that scan (jax.lax.scan's unroll; scan_layers only): 1 = a rolled loop
+      whose compile time is flat in depth, 0 = every block (no loop). Not a shape key: the params stay stacked.
+      On CPU the rolled loop's stacked residuals cost up to a third of a bf16 step (BUILD_NOTES, Performance notes).
     vocab_pad_multiple: vocabulary tables are padded to a multiple of this.
     backbone: "transformer" (Decoder) or "lstm" (RecurrentDecoder; num_heads and mlp_dim are then unused).
     event_factorization: "independent" (the study's: an event's features independent given the history) or
@@ -59,6 +63,7 @@ class ModelConfig:
   combine: str = "sum"
   remat: str = "none"
   scan_layers: bool = True
+  scan_unroll: int = 1
   vocab_pad_multiple: int = 128
   backbone: str = "transformer"
   event_factorization: str = "independent"
@@ -87,6 +92,8 @@ class ModelConfig:
     if self.attention == "cudnn" and (self.dtype != "bfloat16" or head_dim % 8 or head_dim > 128):
       raise ValueError(f"config.model.attention='cudnn' needs dtype='bfloat16' and a head width (d_model / "
                        f"num_heads = {head_dim}) that is a multiple of 8 and at most 128; use attention='xla'")
+    if self.scan_unroll < 0:
+      raise ValueError(f"config.model.scan_unroll={self.scan_unroll} must be >= 0 (1 = a rolled loop, 0 = all blocks)")
     if self.xent_chunk < 0:
       raise ValueError(f"config.model.xent_chunk={self.xent_chunk} must be >= 0 (0 = no fusion)")
     if self.event_factorization not in FACTORIZATIONS:

@@ -12,14 +12,15 @@ from gpt_ads.model.layers import RMSNorm
 
 def stack_layers(block, cfg: ModelConfig, deterministic: bool, x: jax.Array, side: jax.Array) -> jax.Array:
   """`cfg.num_layers` copies of `block` ((cfg, deterministic) -> (x, side) -> (x, None)), rematerialized by
-  `cfg.remat` and scanned (params stacked on a "layers" axis, flat compile time) or unrolled. Call it from a
-  compact module: the layers become that module's children ("layers" or "layer_<i>")."""
+  `cfg.remat` and scanned (params stacked on a "layers" axis, `cfg.scan_unroll` blocks per loop iteration) or
+  unrolled. Call it from a compact module: the layers become that module's children ("layers" or "layer_<i>")."""
   if cfg.remat != "none":
     block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
   if cfg.scan_layers:
     stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                     in_axes=(nn.broadcast,), length=cfg.num_layers,
-                    metadata_params={nn.PARTITION_NAME: axes.P_LAYERS})
+                    metadata_params={nn.PARTITION_NAME: axes.P_LAYERS},
+                    unroll=cfg.scan_unroll or cfg.num_layers)
     x, _ = stack(cfg, deterministic, name="layers")(x, side)
     return x
   for i in range(cfg.num_layers):

@@ -2,8 +2,11 @@
 
 Mixed precision: parameters are stored in `param_dtype` (f32); inputs and kernels are cast to `dtype` (e.g. bf16)
 and every contraction accumulates in f32 (`preferred_element_type`), the fast path on CPUs with AMX and on GPUs.
+The backward contractions take the cotangent in `dtype` too (`einsum`'s VJP): autodiff of a bf16 x bf16 -> f32
+dot would contract the f32 cotangent with the bf16 operand, which XLA upcasts to an f32 matmul.
 """
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -16,9 +19,45 @@ Dtype = Any
 
 
 def einsum(eq: str, x: jax.Array, w: jax.Array, dtype: Dtype) -> jax.Array:
-  """`jnp.einsum` with inputs cast to `dtype`, f32 accumulation, result in `dtype`."""
-  out = jnp.einsum(eq, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
-  return out.astype(dtype)
+  """`jnp.einsum` with inputs cast to `dtype`, f32 accumulation, result in `dtype`. Below f32 the gradient's two
+  contractions also run on `dtype` operands with f32 accumulation (`_low_precision_einsum`); the gradients come
+  back in x's and w's own dtypes (an f32 kernel's gradient is never rounded to `dtype`)."""
+  if jnp.dtype(dtype) == jnp.float32:
+    return jnp.einsum(eq, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+  return _low_precision_einsum(eq, jnp.dtype(dtype), x, w)
+
+
+def _operands(eq: str) -> tuple[str, str, str]:
+  """"btd,df->btf" -> ("btd", "df", "btf"); refuses an equation whose gradient is not an einsum of the other two
+  (every index must appear in exactly two of the three terms)."""
+  ins, out = eq.replace(" ", "").split("->")
+  a, b = ins.split(",")
+  for i in sorted(set(a + b + out)):
+    if (i in a) + (i in b) + (i in out) != 2 or max(a.count(i), b.count(i), out.count(i)) > 1:
+      raise ValueError(f"einsum {eq!r}: index {i!r} must appear once in exactly two of the three terms")
+  return a, b, out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _low_precision_einsum(eq: str, dtype, x: jax.Array, w: jax.Array) -> jax.Array:
+  return jnp.einsum(eq, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32).astype(dtype)
+
+
+def _low_precision_einsum_fwd(eq, dtype, x, w):
+  _operands(eq)
+  return _low_precision_einsum(eq, dtype, x, w), (x, w)
+
+
+def _low_precision_einsum_bwd(eq, dtype, residuals, g):
+  x, w = residuals
+  a, b, out = _operands(eq)
+  x_, w_, g_ = x.astype(dtype), w.astype(dtype), g.astype(dtype)
+  d_x = jnp.einsum(f"{out},{b}->{a}", g_, w_, preferred_element_type=jnp.float32)
+  d_w = jnp.einsum(f"{a},{out}->{b}", x_, g_, preferred_element_type=jnp.float32)
+  return d_x.astype(x.dtype), d_w.astype(w.dtype)
+
+
+_low_precision_einsum.defvjp(_low_precision_einsum_fwd, _low_precision_einsum_bwd)
 
 
 class Dense(nn.Module):

@@ -130,6 +130,27 @@ def test_bfloat16_head_leaves_the_float32_body_and_rounds_only_the_exact_heads(m
     assert not np.array_equal(np.asarray(b[f.name]), np.asarray(a[f.name])), f.name
 
 
+def test_scan_unroll_keeps_the_params_and_the_outputs(model_and_params):
+  """scan_unroll is not a shape key: a fully unrolled scan (0) takes the rolled loop's (1) stacked params as they
+  are and gives its outputs and gradients."""
+  model, params = model_and_params
+  assert model.cfg.scan_layers and model.cfg.num_layers > 1
+  batch = _random_batch(model.schema, 2, 16)
+  runs = {}
+  for unroll in (1, 0):
+    m = Model(model.schema, ModelConfig(**{**model.cfg.__dict__, "scan_unroll": unroll}))
+    fresh = m.init(jax.random.key(0), dummy_batch(m.schema, 1, m.cfg.max_len))["params"]
+    assert jax.tree.map(jnp.shape, nn.unbox(fresh)) == jax.tree.map(jnp.shape, params)
+
+    def loss(p, m=m):
+      out, h = m.apply({"params": p}, batch)
+      return jnp.sum(h ** 2) + sum(jnp.sum(jnp.where(o > -1e8, o, 0.0)) for o in out.values())
+    runs[unroll] = jax.value_and_grad(loss)(params)
+  assert_close(runs[0][0], runs[1][0])
+  for a, b in zip(jax.tree.leaves(runs[0][1]), jax.tree.leaves(runs[1][1])):
+    assert_close(a, b)
+
+
 @pytest.mark.parametrize("overrides", [dict(dtype="bfloat16"), dict(combine="concat"), dict(scan_layers=False),
                                        dict(dropout=0.1)])
 def test_variants_run(overrides):
@@ -147,6 +168,8 @@ def test_bad_model_config_is_rejected():
     ModelConfig(d_model=30, num_heads=4)
   with pytest.raises(ValueError, match="head_dtype"):
     ModelConfig(head_dtype="float16")
+  with pytest.raises(ValueError, match="scan_unroll"):
+    ModelConfig(scan_unroll=-1)
   with pytest.raises(ValueError, match="remat"):
     ModelConfig(remat="sometimes")
   with pytest.raises(ValueError, match="attention"):
