@@ -60,6 +60,31 @@ def _low_precision_einsum_bwd(eq, dtype, residuals, g):
 _low_precision_einsum.defvjp(_low_precision_einsum_fwd, _low_precision_einsum_bwd)
 
 
+@jax.custom_vjp
+def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
+  """y + bias (bias over y's trailing dims, cast to y's dtype), for a low-precision y. Its gradient sums the
+  cotangent over the leading dims as a matrix-vector product (ones . g, f32 accumulation) instead of the
+  convert + reduce-window XLA:CPU makes of autodiff's bf16 sum (~5 ns an element: a small bf16 step 233 -> 219 ms,
+  min of 4 alternated rounds). For f32 the plain sum measured faster and stays (Dense)."""
+  return y + bias.astype(y.dtype)
+
+
+def _add_bias_fwd(y, bias):
+  return add_bias(y, bias), jnp.zeros((0,), bias.dtype).reshape((0,) * bias.ndim)  # bias's dtype and rank
+
+
+def _add_bias_bwd(residual, g):
+  size = 1
+  for n in g.shape[g.ndim - residual.ndim:]:
+    size *= n
+  rows = g.reshape(-1, size)  # [n, bias size]
+  d_bias = jnp.einsum("n,nf->f", jnp.ones(rows.shape[:1], g.dtype), rows, preferred_element_type=jnp.float32)
+  return g, d_bias.reshape(g.shape[g.ndim - residual.ndim:]).astype(residual.dtype)
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
 class Dense(nn.Module):
   """`y = einsum(eq, x, kernel) (+ bias)`; the kernel carries logical axis names.
 
@@ -89,7 +114,7 @@ class Dense(nn.Module):
       bias_shape = tuple(self.shape[len(self.shape) - len(self.bias_axes):])
       bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, tuple(self.bias_axes)),
                         bias_shape, self.param_dtype)
-      y = y + bias.astype(self.dtype)
+      y = y + bias if y.dtype == jnp.float32 else add_bias(y, bias)
     return y
 
 

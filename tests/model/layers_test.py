@@ -39,3 +39,15 @@ def test_einsum_whose_gradient_is_not_an_einsum_is_refused():
   x, w = jnp.ones((3, 4)), jnp.ones((4,))
   with pytest.raises(ValueError, match="index 'i'"):
     jax.grad(lambda x: jnp.sum(layers.einsum("ij,j->j", x, w, jnp.bfloat16).astype(jnp.float32)))(x)
+
+
+def test_bf16_bias_gradient_is_the_sum_of_the_cotangent():
+  """add_bias's matrix-vector gradient: the cotangent summed over every leading dim, in the bias's dtype."""
+  g = jax.random.normal(jax.random.key(0), (3, 5, 2, 4)).astype(jnp.bfloat16)
+  y, bias = jnp.zeros((3, 5, 2, 4), jnp.bfloat16), jnp.ones((2, 4), jnp.float32)
+  _, vjp = jax.vjp(layers.add_bias, y, bias)
+  d_y, d_bias = vjp(g)
+  assert d_y.dtype == jnp.bfloat16 and d_bias.dtype == jnp.float32 and d_bias.shape == (2, 4)
+  np.testing.assert_array_equal(np.asarray(d_y), np.asarray(g))
+  want = np.asarray(g, np.float64).sum(axis=(0, 1))
+  np.testing.assert_allclose(np.asarray(d_bias), want, rtol=1e-5, atol=1e-5)
