@@ -4,11 +4,16 @@ import dataclasses
 
 import jax
 
-# Remat policies selectable by name in `config.model.remat`.
+from gpt_ads.model.layers import DOT_NAME
+
+# Remat policies selectable by name in `config.model.remat`. A low-precision `layers.einsum` is a custom VJP,
+# opaque to the dots policy, so its output is saved by its checkpoint name.
 REMAT_POLICIES = {
     "none": None,  # no rematerialization: keep every activation
     "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole block in the backward pass
-    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs only
+    "save_dots": jax.checkpoint_policies.save_from_both_policies(  # keep matmul outputs only
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+        jax.checkpoint_policies.save_only_these_names(DOT_NAME)),
 }
 
 # Sequence backbones selectable in `config.model.backbone` (see gpt_ads.model.model).

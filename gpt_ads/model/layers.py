@@ -12,10 +12,14 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from gpt_ads.model import axes
 
 Dtype = Any
+# The checkpoint name of a low-precision einsum's output: the "save_dots" remat policy saves it by this name, since
+# the custom VJP hides the dot inside from jax's dots policies (gpt_ads.model.config.REMAT_POLICIES).
+DOT_NAME = "low_precision_dot"
 
 
 def einsum(eq: str, x: jax.Array, w: jax.Array, dtype: Dtype) -> jax.Array:
@@ -24,7 +28,7 @@ def einsum(eq: str, x: jax.Array, w: jax.Array, dtype: Dtype) -> jax.Array:
   back in x's and w's own dtypes (an f32 kernel's gradient is never rounded to `dtype`)."""
   if jnp.dtype(dtype) == jnp.float32:
     return jnp.einsum(eq, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
-  return _low_precision_einsum(eq, jnp.dtype(dtype), x, w)
+  return checkpoint_name(_low_precision_einsum(eq, jnp.dtype(dtype), x, w), DOT_NAME)
 
 
 def _operands(eq: str) -> tuple[str, str, str]:

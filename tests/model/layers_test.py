@@ -2,10 +2,12 @@
 
 import jax
 import jax.numpy as jnp
+from jax import ad_checkpoint
 import numpy as np
 import pytest
 
 from gpt_ads.model import layers
+from gpt_ads.model.config import REMAT_POLICIES
 from numerics import assert_close
 
 # The model's contractions (attention projections, MLP, heads) and one with a batch index on both sides.
@@ -51,3 +53,19 @@ def test_bf16_bias_gradient_is_the_sum_of_the_cotangent():
   np.testing.assert_array_equal(np.asarray(d_y), np.asarray(g))
   want = np.asarray(g, np.float64).sum(axis=(0, 1))
   np.testing.assert_allclose(np.asarray(d_bias), want, rtol=1e-5, atol=1e-5)
+
+
+def test_save_dots_policy_keeps_the_bf16_einsum_outputs(capsys):
+  """The custom VJP hides its dot from jax's dots policy; "save_dots" still keeps its output (by checkpoint name)
+  and "full" keeps nothing but the arguments."""
+  x, w1, w2 = jnp.ones((4, 8)), jnp.ones((8, 16)), jnp.ones((16, 8))
+
+  def f(x, w1, w2):
+    h = jnp.tanh(layers.einsum("td,df->tf", x, w1, jnp.bfloat16))
+    return jnp.sum(layers.einsum("tf,fd->td", h, w2, jnp.bfloat16).astype(jnp.float32))
+
+  def saved(policy):
+    ad_checkpoint.print_saved_residuals(jax.checkpoint(f, policy=REMAT_POLICIES[policy]), x, w1, w2)
+    return capsys.readouterr().out
+  assert "bf16[4,16]" in saved("save_dots")
+  assert "bf16[4,16]" not in saved("full")
