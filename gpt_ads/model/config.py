@@ -3,6 +3,7 @@
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 
 from gpt_ads.model.layers import DOT_NAME
 
@@ -54,9 +55,11 @@ class ModelConfig:
       (softmax) features of at least objective.FUSED_MIN_VOCAB padded ids (gpt_ads.objective.losses.
       linear_softmax_xent; memory O(b chunk v), not O(b t v)); 0 = always form the [b, t, v] logits and
       differentiate through them.
-    head_dtype: compute dtype of the exact heads' matmul ("" = dtype); its accumulation, the softmax and the
-      cross-entropy stay f32. bfloat16 with an f32 body cuts the cost of a large vocabulary's matmuls where
-      the hardware has bf16 units (MaxText's bf16 logits dot; ~10% of the ML-1M step), without a bf16 body's casts.
+    head_dtype: compute dtype of the heads' logits matmuls ("" = dtype): the exact heads' and, in training, the
+      sampled heads' against their negatives; the accumulation, the logits, the softmax and the cross-entropy
+      stay f32 (so does the exact evaluation of sampled features). bfloat16 with an f32 body cuts the cost of a
+      large vocabulary's matmuls where the hardware has bf16 units (MaxText's bf16 logits dot; ~10% of the ML-1M
+      step), without a bf16 body's casts. Read it as `logits_dtype`.
   """
   d_model: int = 128
   num_layers: int = 4
@@ -104,6 +107,11 @@ class ModelConfig:
     if self.event_factorization not in FACTORIZATIONS:
       raise ValueError(f"config.model.event_factorization={self.event_factorization!r} must be one of "
                        f"{list(FACTORIZATIONS)}")
+
+  @property
+  def logits_dtype(self) -> jnp.dtype:
+    """The operand dtype of the heads' logits matmuls (`head_dtype`, else `dtype`)."""
+    return jnp.dtype(self.head_dtype or self.dtype)
 
   @classmethod
   def from_config(cls, model_cfg) -> "ModelConfig":

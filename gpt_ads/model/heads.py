@@ -105,7 +105,7 @@ class SoftmaxHead(nn.Module):
     shift = bias + invalid_offset(f.vocab_size, v)  # [v]
     h1 = jnp.concatenate([h, jnp.ones(h.shape[:-1] + (1,), h.dtype)], axis=-1)  # [b, t, d + 1]
     w1 = jnp.concatenate([kernel, shift[None]], axis=0)  # [d + 1, v]
-    dtype = jnp.dtype(cfg.head_dtype or cfg.dtype)
+    dtype = cfg.logits_dtype
     h1, w1 = h1.astype(dtype), w1.astype(dtype)
     factors = LinearLogits(h1, w1)
     if not logits:

@@ -22,14 +22,16 @@ Dtype = Any
 DOT_NAME = "low_precision_dot"
 
 
-def einsum(eq: str, x: jax.Array, w: jax.Array, dtype: Dtype) -> jax.Array:
-  """`jnp.einsum` with inputs cast to `dtype`, f32 accumulation, result in `dtype`. Below f32 the gradient's two
-  contractions also run on `dtype` operands with f32 accumulation (`_low_precision_einsum`); the gradients come
-  back in x's and w's own dtypes (an f32 kernel's gradient is never rounded to `dtype`)."""
+def einsum(eq: str, x: jax.Array, w: jax.Array, dtype: Dtype, out_dtype: Dtype | None = None) -> jax.Array:
+  """`jnp.einsum` with inputs cast to `dtype`, f32 accumulation, result in `out_dtype` (default `dtype`; float32
+  keeps the accumulator, e.g. logits). Below f32 the gradient's two contractions also run on `dtype` operands
+  with f32 accumulation (`_low_precision_einsum`); the gradients come back in x's and w's own dtypes (an f32
+  kernel's gradient is never rounded to `dtype`)."""
+  out_dtype = jnp.dtype(dtype if out_dtype is None else out_dtype)
   if jnp.dtype(dtype) == jnp.float32:
-    return jnp.einsum(eq, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+    return jnp.einsum(eq, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32).astype(out_dtype)
   _operands(eq)  # an equation the VJP cannot transpose fails here, forward or not
-  return checkpoint_name(_low_precision_einsum(eq, jnp.dtype(dtype), x, w), DOT_NAME)
+  return checkpoint_name(_low_precision_einsum(eq, jnp.dtype(dtype), out_dtype, x, w), DOT_NAME)
 
 
 def _operands(eq: str) -> tuple[str, str, str]:
@@ -43,16 +45,17 @@ def _operands(eq: str) -> tuple[str, str, str]:
   return a, b, out
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _low_precision_einsum(eq: str, dtype, x: jax.Array, w: jax.Array) -> jax.Array:
-  return jnp.einsum(eq, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32).astype(dtype)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _low_precision_einsum(eq: str, dtype, out_dtype, x: jax.Array, w: jax.Array) -> jax.Array:
+  return jnp.einsum(eq, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32).astype(out_dtype)
 
 
-def _low_precision_einsum_fwd(eq, dtype, x, w):
-  return _low_precision_einsum(eq, dtype, x, w), (x, w)
+def _low_precision_einsum_fwd(eq, dtype, out_dtype, x, w):
+  return _low_precision_einsum(eq, dtype, out_dtype, x, w), (x, w)
 
 
-def _low_precision_einsum_bwd(eq, dtype, residuals, g):
+def _low_precision_einsum_bwd(eq, dtype, out_dtype, residuals, g):
+  del out_dtype
   x, w = residuals
   a, b, out = _operands(eq)
   x_, w_, g_ = x.astype(dtype), w.astype(dtype), g.astype(dtype)

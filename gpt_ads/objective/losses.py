@@ -9,6 +9,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from gpt_ads.model import layers
 from gpt_ads.model.heads import NEG_INF, copy_bonus, valid_ids
 
 
@@ -99,7 +100,7 @@ linear_softmax_xent.defvjp(_linear_softmax_xent_fwd, _linear_softmax_xent_bwd)
 
 def sampled_softmax(*, query: jax.Array, labels: jax.Array, table: jax.Array, bias: jax.Array,
                     neg_ids: jax.Array, neg_log_q: jax.Array,
-                    copy: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+                    copy: tuple[jax.Array, jax.Array] | None = None, dtype=jnp.float32) -> jax.Array:
   """Sampled softmax with shared negatives, logQ correction on the negatives and accidental-hit masking.
 
   With logits s(id) = query . table[id] + bias[id], the normalizer Z = exp(s_y) + Σ_{id != y} exp(s(id)) is
@@ -115,20 +116,22 @@ def sampled_softmax(*, query: jax.Array, labels: jax.Array, table: jax.Array, bi
     query: [b, t, e]; labels: [b, t]; table: [v, e]; bias: [v].
     neg_ids: [n] negatives shared by the batch; neg_log_q: [n] their log Q (log expected draw counts).
     copy: (gates [b, t, k], recent ids [b, t, k]) of the feature's copy term, or None.
+    dtype: the operands' dtype of the [b, t, e] x [n, e] negatives' matmul (`layers.einsum`: bf16 operands with
+      f32 accumulation and a bf16 backward; the label's logit, the correction and the softmax stay f32).
   Returns:
     nll [b, t].
   """
   query = query.astype(jnp.float32)
   pos = jnp.einsum("bte,bte->bt", query, jnp.take(table, labels, axis=0).astype(jnp.float32))
   pos = pos + jnp.take(bias, labels)  # [b, t]
-  neg = jnp.einsum("bte,ne->btn", query, jnp.take(table, neg_ids, axis=0).astype(jnp.float32))
+  neg = layers.einsum("bte,ne->btn", query, jnp.take(table, neg_ids, axis=0), dtype, jnp.float32)
   neg = neg + jnp.take(bias, neg_ids)[None, None] - neg_log_q[None, None]  # [b, t, n]
   if copy is not None:
     pos = pos + copy_bonus(*copy, labels)
     neg = neg + copy_bonus(*copy, neg_ids)
   neg = jnp.where(neg_ids[None, None, :] == labels[..., None], NEG_INF, neg)
-  logits = jnp.concatenate([pos[..., None], neg], axis=-1)  # [b, t, 1 + n]
-  return jax.nn.logsumexp(logits, axis=-1) - pos
+  # log(exp(pos) + Σ exp(neg)) without concatenating the label's logit to the [b, t, n] negatives (a copy).
+  return jnp.logaddexp(pos, jax.nn.logsumexp(neg, axis=-1)) - pos
 
 
 def _scan_vocab(query, table, bias, vocab_size: int, chunk: int, copy, with_entropy: bool):

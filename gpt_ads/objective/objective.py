@@ -76,12 +76,14 @@ def fused_softmax_xent(out: LinearLogits, labels: jax.Array, weights: jax.Array,
 
 def training_loss(params, outputs: dict[str, jax.Array], batch: dict[str, jax.Array],
                   negs: dict[str, negatives.Negatives], *, schema: features_lib.Schema,
-                  num_targets: dict[str, jax.Array] | None = None, xent_chunk: int = 0):
+                  num_targets: dict[str, jax.Array] | None = None, xent_chunk: int = 0,
+                  logits_dtype=jnp.float32):
   """-> (weighted total loss, {name: mean nll}). Sampled features score against `negs` (`draw_negatives`).
   Exact features take logits [b, t, v] or `LinearLogits` (the model's `logits=False`): with `xent_chunk` > 0 the
   head's matmul then runs fused with the cross-entropy, `xent_chunk` time steps at a time
   (losses.linear_softmax_xent: the same loss and gradient, without the [b, t, v] logits), for vocabularies of
-  at least FUSED_MIN_VOCAB padded ids; smaller ones form their logits.
+  at least FUSED_MIN_VOCAB padded ids; smaller ones form their logits. Sampled features' negatives' matmul takes
+  `logits_dtype` operands (ModelConfig.logits_dtype; f32 accumulation and logits).
 
   Each feature's summed NLL is divided by `num_targets[name]`: by default this batch's own `target_counts`
   (a mean). When `batch` is one micro-batch of a step, pass the whole step's counts: the micro-batches' losses
@@ -98,7 +100,7 @@ def training_loss(params, outputs: dict[str, jax.Array], batch: dict[str, jax.Ar
       table, bias = output_table(params, f)
       neg = negs[f.name]
       nll = losses.sampled_softmax(query=out, labels=labels[f.name], table=table, bias=bias, neg_ids=neg.ids,
-                                   neg_log_q=neg.log_q, copy=copy_inputs(outputs, f))
+                                   neg_log_q=neg.log_q, copy=copy_inputs(outputs, f), dtype=logits_dtype)
     else:
       logits = out.logits() if isinstance(out, LinearLogits) else out
       nll = losses.softmax_xent(logits=logits, labels=labels[f.name])

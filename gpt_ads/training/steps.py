@@ -57,7 +57,7 @@ def step_gradients(params, batch: dict[str, jax.Array], rng: jax.Array, *, model
       outputs, _ = view_model.apply({"params": params}, mb, deterministic=False, rngs={"dropout": drop_rng},
                                     logits=False)
       return objective.training_loss(params, outputs, mb, neg, schema=schema, num_targets=num_targets,
-                                     xent_chunk=model.cfg.xent_chunk)
+                                     xent_chunk=model.cfg.xent_chunk, logits_dtype=model.cfg.logits_dtype)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if k == 1:

@@ -50,6 +50,24 @@ def test_accidental_hits_are_masked():
   assert_close(nll, _exact(query, table, bias, labels))
 
 
+
+def test_bf16_negatives_matmul_keeps_f32_logits_and_gradients():
+  # dtype=bfloat16 rounds only the matmul's operands: the loss and both gradients stay within bf16 operand
+  # rounding of the f32 ones, and come back f32 (the logits are never rounded to bf16).
+  query, table, bias, labels = _case(2)
+  ids = jnp.arange(1, V)
+
+  def loss(dtype):
+    return lambda q, w: jnp.sum(losses.sampled_softmax(query=q, labels=labels, table=w, bias=bias, neg_ids=ids,
+                                                       neg_log_q=jnp.zeros(V - 1), dtype=dtype))
+  (l32, g32), (l16, g16) = (jax.value_and_grad(loss(d), argnums=(0, 1))(query, table)
+                            for d in (jnp.float32, jnp.bfloat16))
+  assert l16.dtype == jnp.float32 and all(g.dtype == jnp.float32 for g in g16)
+  np.testing.assert_allclose(l16, l32, rtol=1e-2)
+  assert float(l16) != float(l32)  # the operands were rounded: the bf16 path ran
+  for a, b in zip(g16, g32):
+    assert float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b))) < 2e-2
+
 @pytest.mark.parametrize("chunk", [7, 16, 64, 200])
 def test_chunked_full_softmax_is_exact(chunk):
   query, table, bias, labels = _case(2)
