@@ -59,7 +59,7 @@ class ModelConfig:
       sampled heads' against their negatives; the accumulation, the logits, the softmax and the cross-entropy
       stay f32 (so does the exact evaluation of sampled features). bfloat16 with an f32 body cuts the cost of a
       large vocabulary's matmuls where the hardware has bf16 units (MaxText's bf16 logits dot; ~10% of the ML-1M
-      step), without a bf16 body's casts. Read it as `logits_dtype`.
+      step), without a bf16 body's casts. Resolved by the `logits_dtype` property.
   """
   d_model: int = 128
   num_layers: int = 4
